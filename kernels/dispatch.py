@@ -1,0 +1,89 @@
+"""One dispatch point for every shift op: the reference or a faster backend.
+
+A backend is registered by name with the four ops below. The choice, in order:
+the `backend=` argument, the environment variable `SHIFTNAS_KERNELS`
+(`reference`, `triton` or `auto`), then `auto`: the Triton backend for CUDA
+tensors when it is registered, the reference everywhere else (the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import reference as ref
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The ops a backend provides; each is differentiable (autograd-aware)."""
+
+    name: str
+    shift: Callable  # (x, plan, stride) -> y
+    active_shift: Callable  # (x, theta, stride) -> y
+    sparse_shift: Callable  # (x, theta, stride) -> y
+    shift_conv1x1: Callable  # (x, plan, stride, weight) -> y
+    supports: Callable[[torch.Tensor], bool] = lambda x: True  # can it run on this tensor?
+
+
+_BACKENDS: dict[str, Backend] = {
+    "reference": Backend(
+        "reference", ref.shift_fn, ref.active_shift, ref.sparse_shift, ref.shift_conv1x1
+    )
+}
+ENV_VAR = "SHIFTNAS_KERNELS"
+
+
+def register_backend(backend: Backend) -> None:
+    """Make `backend` selectable by name (the Triton kernels call this on import)."""
+    _BACKENDS[backend.name] = backend
+
+
+def available_backends() -> list[str]:
+    _load_optional()
+    return list(_BACKENDS)
+
+
+def _load_optional() -> None:
+    if "triton" not in _BACKENDS:
+        try:
+            from . import triton_ops  # noqa: F401  (registers itself)
+        except Exception:  # triton missing or unusable here: the reference serves
+            _BACKENDS.setdefault("triton", None)  # type: ignore[arg-type]
+
+
+def get_backend(x: torch.Tensor, backend: str | None = None) -> Backend:
+    """The backend that runs an op on `x` (see the module docstring for the order)."""
+    name = backend or os.environ.get(ENV_VAR, "auto")
+    if name == "auto":
+        if x.is_cuda:
+            _load_optional()
+            b = _BACKENDS.get("triton")
+            if b is not None and b.supports(x):
+                return b
+        return _BACKENDS["reference"]
+    _load_optional()
+    b = _BACKENDS.get(name)
+    if b is None:
+        known = [k for k, v in _BACKENDS.items() if v is not None]
+        raise ValueError(f"kernel backend must be one of {known + ['auto']}, got {name!r}.")
+    return b
+
+
+def shift(x, plan, stride: int = 1, *, backend: str | None = None) -> torch.Tensor:
+    return get_backend(x, backend).shift(x, plan, stride)
+
+
+def active_shift(x, theta, stride: int = 1, *, backend: str | None = None) -> torch.Tensor:
+    return get_backend(x, backend).active_shift(x, theta, stride)
+
+
+def sparse_shift(x, theta, stride: int = 1, *, backend: str | None = None) -> torch.Tensor:
+    return get_backend(x, backend).sparse_shift(x, theta, stride)
+
+
+def shift_conv1x1(x, plan, stride: int, weight, *, backend: str | None = None) -> torch.Tensor:
+    return get_backend(x, backend).shift_conv1x1(x, plan, stride, weight)
