@@ -14,7 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_shift import INTERPRET, alloc, check_input, check_stride, is_channels_last, shift_by_offsets
+from ._triton_shift import (
+    INTERPRET,
+    alloc,
+    check_input,
+    check_stride,
+    is_channels_last,
+    shift_by_offsets,
+)
 from .reference import out_hw
 
 # Fixed tiles, not autotuned: the `dtheta` partial sums, and so the bits of the

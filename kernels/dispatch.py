@@ -9,6 +9,7 @@ tensors when it is registered, the reference everywhere else (the CPU).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -47,11 +48,20 @@ def available_backends() -> list[str]:
     return list(_BACKENDS)
 
 
+_LOAD_ERRORS: dict[str, str] = {}
+
+
 def _load_optional() -> None:
     if "triton" not in _BACKENDS:
         try:
             from . import triton_ops  # noqa: F401  (registers itself)
-        except Exception:  # triton missing or unusable here: the reference serves
+        except ImportError as exc:  # triton is not installed: the reference serves
+            _LOAD_ERRORS["triton"] = f"{type(exc).__name__}: {exc}"
+            _BACKENDS.setdefault("triton", None)  # type: ignore[arg-type]
+        except Exception as exc:  # installed but broken: say so once, then use the reference
+            _LOAD_ERRORS["triton"] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"the Triton shift kernels failed to load ({exc}); using the "
+                          f"reference ops", RuntimeWarning, stacklevel=3)
             _BACKENDS.setdefault("triton", None)  # type: ignore[arg-type]
 
 
@@ -68,8 +78,13 @@ def get_backend(x: torch.Tensor, backend: str | None = None) -> Backend:
     _load_optional()
     b = _BACKENDS.get(name)
     if b is None:
+        if name in _LOAD_ERRORS:
+            raise RuntimeError(f"kernel backend {name!r} is unavailable: {_LOAD_ERRORS[name]}")
         known = [k for k, v in _BACKENDS.items() if v is not None]
         raise ValueError(f"kernel backend must be one of {known + ['auto']}, got {name!r}.")
+    if not b.supports(x):
+        raise RuntimeError(f"kernel backend {name!r} cannot run on a {x.device.type} tensor "
+                           f"(set {ENV_VAR}=auto to pick one that can).")
     return b
 
 

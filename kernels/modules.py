@@ -88,6 +88,8 @@ def shift_then_conv(shift: nn.Module, conv: nn.Conv2d, x: torch.Tensor, fuse: bo
     if (fuse and isinstance(shift, Shift) and conv.kernel_size == (1, 1) and conv.bias is None
             and conv.groups == 1 and conv.padding == (0, 0)
             and dispatch.get_backend(x, shift.backend).name != "reference"):
+        if conv.stride[0] != conv.stride[1]:
+            return conv(shift(x))
         stride = shift.stride * conv.stride[0]
         return dispatch.shift_conv1x1(x, shift.plan, stride, conv.weight, backend=shift.backend)
     return conv(shift(x))

@@ -200,8 +200,10 @@ def active_shift(x: torch.Tensor, theta: torch.Tensor, stride: int = 1) -> torch
 def active_shift_theta_grad(x: torch.Tensor, theta: torch.Tensor, g: torch.Tensor, stride: int) -> torch.Tensor:
     """`dL/dtheta` of the active shift (spec section 2) as a `(C, 2)` tensor."""
     (x00, x01, x10, x11), u, v = _bilinear_taps(x, theta, stride)
-    da = (g * ((1 - v) * (x10 - x00) + v * (x11 - x01))).sum(dim=(0, 2, 3))
-    db = (g * ((1 - u) * (x01 - x00) + u * (x11 - x10))).sum(dim=(0, 2, 3))
+    # Reduce over N*H*W in fp32 at least: fp16 sums of that length lose digits or overflow.
+    acc = torch.promote_types(x.dtype, torch.float32)
+    da = (g * ((1 - v) * (x10 - x00) + v * (x11 - x01))).sum(dim=(0, 2, 3), dtype=acc)
+    db = (g * ((1 - u) * (x01 - x00) + u * (x11 - x10))).sum(dim=(0, 2, 3), dtype=acc)
     return torch.stack([da, db], dim=1).to(theta.dtype)
 
 

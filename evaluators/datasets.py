@@ -1,0 +1,328 @@
+"""Data sets for proxy training, held as tensors on the training device.
+
+`digits` (scikit-learn's bundled 8x8 handwritten digits) needs no download and
+is the default; `cifar10` / `cifar100` read the python-pickle directories and
+`imagefolder` reads one sub-folder of images per class. Training and validation
+both come from the training set (`val_fraction`, split with `seed`); the test
+split is never used for search. Images are normalised per channel with
+training statistics and augmented on the device (`DataBundle.augment`), so a
+training step does no host work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pickle
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from searchspace import ConfigError
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+# ----------------------------------------------------------------------------
+# Strict configs (shared by every *Cfg of this package)
+# ----------------------------------------------------------------------------
+
+
+class _FieldError(ConfigError):
+    """A config field broke its rule; `from_dict` prefixes the field's path."""
+
+    def __init__(self, name: str, rule: str, value: Any):
+        self.name, self.rule, self.value = name, rule, value
+        super().__init__(f"`{name}` {rule}, got {value!r}.")
+
+
+def _check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise _FieldError(name, rule, value)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _coerce(tp: Any, v: Any) -> Any:
+    """YAML spells `1e-3` as a string and `1` as an int: accept both for float fields."""
+    if isinstance(v, str) and tp is float:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    if _is_int(v) and tp is float:
+        return float(v)
+    return v
+
+
+def cfg_from_dict(cls: type, d: Any, where: str) -> Any:
+    """Build the frozen dataclass `cls` from a mapping; every error names `where.field`.
+
+    Unknown keys are errors (with the allowed keys listed); values are checked
+    by the class's `__post_init__`.
+    """
+    if d is None:
+        d = {}
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: must be a mapping of {cls.__name__} fields, "
+                          f"got {type(d).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for k in d:
+        if k not in fields:
+            raise ConfigError(f"{where}.{k}: unknown key; allowed: {sorted(fields)}.")
+    kw = {k: _coerce(hints.get(k), v) for k, v in d.items()}
+    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
+    try:
+        return cls(**kw)
+    except _FieldError as exc:
+        raise ConfigError(f"{where}.{exc.name}: {exc.rule}, got {exc.value!r}.") from None
+
+
+# ----------------------------------------------------------------------------
+# Config and bundle
+# ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    """Which data set, where it lives, and how it is split and sized."""
+
+    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder
+    path: str | None = None  # data directory (cifar*, imagefolder); unused for digits
+    val_fraction: float = 0.2  # share of the training set held out for validation
+    subset: int | None = None  # at most this many training examples (None = all)
+    resolution: int | None = None  # resize once at load (imagefolder: default 32)
+    augment: bool = True  # random crop with padding (+ horizontal flip, except digits)
+    seed: int = 0  # seed of the train/validation split and the subset
+
+    def __post_init__(self) -> None:
+        _check(self.name in DATASETS, "name", f"must be one of {list(DATASETS)}", self.name)
+        _check(self.path is None or isinstance(self.path, (str, Path)), "path",
+               "must be a directory path", self.path)
+        if isinstance(self.path, Path):
+            object.__setattr__(self, "path", str(self.path))
+        _check(self.name == "digits" or bool(self.path), "path",
+               f"is required for the {self.name} data set (its data directory)", self.path)
+        _check(_is_num(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction",
+               "must be a number in (0, 1)", self.val_fraction)
+        object.__setattr__(self, "val_fraction", float(self.val_fraction))
+        _check(self.subset is None or (_is_int(self.subset) and self.subset >= 2), "subset",
+               "must be an integer >= 2 or null", self.subset)
+        _check(self.resolution is None or (_is_int(self.resolution) and self.resolution >= 4),
+               "resolution", "must be an integer >= 4 or null", self.resolution)
+        _check(isinstance(self.augment, bool), "augment", "must be true or false", self.augment)
+        _check(_is_int(self.seed), "seed", "must be an integer", self.seed)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "data") -> DataCfg:
+        """Strictly parse a mapping (e.g. a budget file's `data:` section)."""
+        return cfg_from_dict(cls, d, where)
+
+
+@dataclass
+class DataBundle:
+    """A loaded data set: normalised NCHW float tensors on one device."""
+
+    name: str
+    train_x: torch.Tensor  # (N, C, H, W) float32, normalised with training statistics
+    train_y: torch.Tensor  # (N,) int64
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    in_chans: int
+    classes: int
+    input_size: int
+    mean: tuple[float, ...] = ()  # per-channel statistics used to normalise
+    std: tuple[float, ...] = ()
+    pad: int = 0  # random-crop padding (0 = no crop)
+    flip: bool = False  # random horizontal flips
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Random crop with zero padding and (if allowed) horizontal flip, all on `x`'s device."""
+        n, _, h, w = x.shape
+        if self.pad:
+            p = self.pad
+            xp = F.pad(x, (p, p, p, p))
+            oy = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
+            ox = torch.randint(0, 2 * p + 1, (n,), device=x.device, generator=generator)
+            rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
+            cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
+            idx = torch.arange(n, device=x.device)[:, None, None]
+            x = xp.permute(0, 2, 3, 1)[idx, rows, cols].permute(0, 3, 1, 2)
+        if self.flip:
+            m = torch.rand(n, device=x.device, generator=generator) < 0.5
+            x = torch.where(m[:, None, None, None], x.flip(3), x)
+        return x.contiguous()
+
+    def describe(self) -> str:
+        return (f"{self.name}: {len(self.train_y)} train / {len(self.val_y)} validation, "
+                f"{self.in_chans}x{self.input_size}x{self.input_size}, {self.classes} classes")
+
+
+# ----------------------------------------------------------------------------
+# Readers (each returns uint8 or float images (N, C, H, W) and int64 labels, on the CPU)
+# ----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # values 0..16 -> [0, 1]
+    return x, torch.from_numpy(d.target.astype(np.int64))
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except Exception as exc:  # truncated file, not a pickle, ...
+        raise ConfigError(f"{path}: cannot be read as a CIFAR python pickle ({exc}).") from None
+
+
+_CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], b"labels", 10,
+                "the python-pickle layout from the CIFAR-10 'python version' archive: "
+                "data_batch_1..5, test_batch, batches.meta"),
+    "cifar100": ("cifar-100-python", ["train"], b"fine_labels", 100,
+                 "the python-pickle layout from the CIFAR-100 'python version' archive: "
+                 "train, test, meta (with b'fine_labels')"),
+}
+
+
+def _cifar(name: str, root: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    sub, files, label_key, classes, layout = _CIFAR[name]
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise ConfigError(f"{name} directory {base} does not exist; expected {layout}.")
+    if not (base / files[0]).is_file() and (base / sub / files[0]).is_file():
+        base = base / sub  # the archive's parent folder was given
+    xs, ys = [], []
+    for fname in files:
+        p = base / fname
+        if not p.is_file():
+            raise ConfigError(f"{name} directory {base} has no {fname}; expected {layout}.")
+        d = _unpickle(p)
+        if b"data" not in d or label_key not in d:
+            raise ConfigError(f"{p}: missing b'data' or {label_key!r}; expected {layout}.")
+        data = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[label_key], dtype=np.int64)
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+            raise ConfigError(f"{p}: b'data' must be (N, 3072) uint8 rows with N labels, got "
+                              f"shape {data.shape} and {len(labels)} labels.")
+        if labels.size and (labels.min() < 0 or labels.max() >= classes):
+            raise ConfigError(f"{p}: labels must lie in [0, {classes}), got "
+                              f"[{labels.min()}, {labels.max()}].")
+        xs.append(data.reshape(-1, 3, 32, 32))
+        ys.append(labels)
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), classes
+
+
+def _imagefolder(root: str, size: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    from PIL import Image
+
+    base = Path(root).expanduser()
+    what = ("one sub-folder per class (class = folder name, sorted), each holding images "
+            f"({', '.join(_IMAGE_EXTS[:4])}, ...)")
+    if not base.is_dir():
+        raise ConfigError(f"imagefolder directory {base} does not exist; expected {what}.")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ConfigError(f"imagefolder directory {base} has {len(classes)} class folder(s); "
+                          f"expected at least 2: {what}.")
+    xs, ys, modes = [], [], set()
+    for label, c in enumerate(classes):
+        files = sorted(p for p in (base / c).iterdir() if p.suffix.lower() in _IMAGE_EXTS)
+        if not files:
+            raise ConfigError(f"imagefolder class folder {base / c} has no images; expected {what}.")
+        for p in files:
+            try:
+                with Image.open(p) as im:
+                    im = im.convert("L" if im.mode in ("1", "L", "I;16", "I") else "RGB")
+                    modes.add(im.mode)
+                    im = im.resize((size, size), Image.BILINEAR)
+                    a = np.asarray(im, dtype=np.uint8)
+            except OSError as exc:
+                raise ConfigError(f"imagefolder image {p} cannot be read ({exc}).") from None
+            xs.append(a)
+            ys.append(label)
+    chans = 3 if "RGB" in modes else 1
+    arr = [np.repeat(a[..., None], 3, axis=2) if (chans == 3 and a.ndim == 2) else a for a in xs]
+    x = np.stack(arr)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(ys), len(classes), chans
+
+
+# ----------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------
+
+
+def load_data(cfg: DataCfg, device: str | torch.device = "cpu") -> DataBundle:
+    """Read, split, subset, resize and normalise a data set onto `device`.
+
+    The split is a seeded permutation of the training set: the first
+    `round(val_fraction * N)` indices validate, the rest train (capped at
+    `subset`). Raises `ConfigError` naming the expected layout when a data
+    directory is missing or malformed.
+    """
+    device = torch.device(device)
+    if cfg.name == "digits":
+        x, y = _digits()
+        classes, chans, default_size = 10, 1, 8
+    elif cfg.name in _CIFAR:
+        x, y, classes = _cifar(cfg.name, str(cfg.path))
+        chans, default_size = 3, 32
+    else:
+        x, y, classes, chans = _imagefolder(str(cfg.path), cfg.resolution or 32)
+        default_size = cfg.resolution or 32
+    n = len(y)
+    n_val = int(round(cfg.val_fraction * n))
+    if n_val < 1 or n - n_val < 2:
+        raise ConfigError(f"{cfg.name}: val_fraction {cfg.val_fraction} of {n} examples leaves "
+                          f"{n - n_val} for training and {n_val} for validation; need >= 2 and >= 1.")
+    g = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(n, generator=g)
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    if cfg.subset is not None:
+        train_idx = train_idx[: cfg.subset]
+
+    def prep(idx: torch.Tensor) -> torch.Tensor:
+        t = x[idx].to(device)
+        t = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+        if cfg.resolution is not None and cfg.resolution != t.shape[-1]:
+            t = F.interpolate(t, size=(cfg.resolution, cfg.resolution), mode="bilinear",
+                              align_corners=False, antialias=cfg.resolution < t.shape[-1])
+        return t
+
+    tx, vx = prep(train_idx), prep(val_idx)
+    mean = tx.mean(dim=(0, 2, 3))
+    std = tx.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    tx = (tx - mean[None, :, None, None]) / std[None, :, None, None]
+    vx = (vx - mean[None, :, None, None]) / std[None, :, None, None]
+    size = cfg.resolution or default_size
+    return DataBundle(
+        name=cfg.name, train_x=tx.contiguous(), train_y=y[train_idx].to(device),
+        val_x=vx.contiguous(), val_y=y[val_idx].to(device), in_chans=chans, classes=classes,
+        input_size=size, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+        pad=max(1, size // 8) if cfg.augment else 0,  # 4 pixels at 32x32, 1 at 8x8
+        flip=cfg.augment and cfg.name != "digits",  # a mirrored digit is another glyph
+    )

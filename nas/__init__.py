@@ -1,0 +1,1 @@
+"""The search: budget files, the Optuna and Ray Tune drivers, Pareto-aware pruning, the CLI."""

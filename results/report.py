@@ -1,0 +1,170 @@
+"""A run's report: the front as a table, its hypervolume, how the budget was spent, and
+the plots, written as `report.md` next to the PNG and HTML files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .pareto import Front, pareto_front
+from .plots import plot_choices, plot_hypervolume, plot_pairs, plot_pareto, write_html
+from .store import STATES, Run, load_run
+
+__all__ = ["front_rows", "format_table", "front_json", "budget_summary", "write_report"]
+
+# Columns of the front table besides the objectives, when the trials have them.
+_COLUMNS = ("accuracy", "latency_ms", "params", "macs")
+
+
+def _columns(front: Front) -> list[str]:
+    cols = [o.name for o in front.objectives]
+    have = {k for t in front.trials for k in t.metrics}
+    return cols + [c for c in _COLUMNS if c not in cols and c in have]
+
+
+def front_rows(front: Front) -> list[dict[str, Any]]:
+    """One dict per front trial: trial, archid, arch and the table's metric columns."""
+    cols = _columns(front)
+    return [{"trial": t.number, "archid": t.archid, "arch": t.arch,
+             **{c: t.metric(c) for c in cols}} for t in front.trials]
+
+
+def _fmt(v: Any, col: str) -> str:
+    if v is None:
+        return "-"
+    if col in ("params", "macs") and abs(v) >= 1e3:
+        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(v) >= div:
+                return f"{v / div:.3g}{unit}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_table(front: Front, arch_width: int = 60) -> str:
+    """The front as a plain-text table (for `shiftnas pareto`)."""
+    cols = _columns(front)
+    head = ["trial", "archid", *cols, "architecture"]
+    rows = []
+    for r in front_rows(front):
+        arch = r["arch"] if len(r["arch"]) <= arch_width else r["arch"][: arch_width - 3] + "..."
+        rows.append([str(r["trial"]), r["archid"], *[_fmt(r[c], c) for c in cols], arch])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    if not rows:
+        lines.append("(no feasible complete trial with every objective yet)")
+    return "\n".join(lines)
+
+
+def budget_summary(run: Run) -> dict[str, Any]:
+    """How the budget was spent: trials by state, times, duplicates, rejected before training."""
+    states = Counter(t.state for t in run.trials)
+    reused = [t for t in run.trials if t.reused_from is not None]
+    train = [t.metric("train_s") for t in run.trials if t.reused_from is None]
+    rejected = [t for t in run.trials if t.state == "infeasible" and t.metric("train_s") is None]
+    return {
+        "trials": len(run.trials),
+        "by_state": {s: states.get(s, 0) for s in STATES},
+        "total_time_s": sum(t.duration_s or 0.0 for t in run.trials),
+        "training_time_s": sum(v for v in train if v is not None),
+        "reused_duplicates": len(reused),
+        "rejected_before_training": len(rejected),
+        "infeasible": sum(1 for t in run.trials if not t.feasible),
+        "trials_budget": run.trials_budget,
+        "time_budget_s": run.time_budget_s,
+    }
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else \
+        f"{s // 60}m{s % 60:02d}s"
+
+
+def _md_table(front: Front) -> list[str]:
+    cols = _columns(front)
+    out = ["| trial | " + " | ".join(cols) + " | architecture |",
+           "|---:|" + "---:|" * len(cols) + "---|"]
+    for r in front_rows(front):
+        arch = r["arch"].replace("|", "\\|")  # GFM tables split cells on | even in code
+        out.append(f"| {r['trial']} | " + " | ".join(_fmt(r[c], c) for c in cols)
+                   + f" | `{arch}` |")
+    return out
+
+
+def write_report(run_dir: str | Path | Run, out_dir: str | Path | None = None,
+                 reference: Sequence[float] | None = None) -> Path:
+    """Write the plots and `report.md` into `out_dir` (default: the run directory)."""
+    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+    out = Path(out_dir) if out_dir is not None else run.path
+    out.mkdir(parents=True, exist_ok=True)
+    front = pareto_front(run, reference=reference)
+    k = len(front.objectives)
+    images: list[tuple[str, str]] = []
+    if k >= 2:
+        plot_pareto(run, front, out / "pareto.png")
+        images.append(("Pareto front", "pareto.png"))
+        write_html(run, front, out / "pareto.html")
+    if k >= 3:
+        plot_pairs(run, front, out / "pareto_pairs.png")
+        images.append(("Pairs of objectives", "pareto_pairs.png"))
+    if k in (2, 3):
+        plot_hypervolume(run, front, out / "hypervolume.png")
+        images.append(("Hypervolume over trials", "hypervolume.png"))
+    plot_choices(run, front, out / "choices.png")
+    images.append(("Block choices on the front", "choices.png"))
+
+    objs = ", ".join(f"{o.name} ({o.direction})" for o in front.objectives)
+    cons = ", ".join(str(c) for c in run.constraints) or "none"
+    b = budget_summary(run)
+    md = [f"# Search report: {run.name}", "",
+          f"- engine: {run.engine or '-'}; device: {run.device or '-'}; created: {run.created or '-'}",
+          f"- objectives: {objs}",
+          f"- constraints: {cons}", "",
+          f"## Pareto front ({len(front.trials)} of {len(front.candidates)} feasible complete "
+          f"trials)", "",
+          "Only feasible complete trials compete; pruned trials (partial accuracy) are drawn "
+          "but not on the front, and a duplicate architecture counts once.", "",
+          *_md_table(front), ""]
+    if front.hypervolume is not None:
+        ref = ", ".join(f"{o.name} = {v:.6g}" for o, v in zip(front.objectives, front.reference))
+        default = " (default: per objective the worst feasible value plus 10% of the range)" \
+            if reference is None else " (given)"
+        md += [f"Hypervolume: **{front.hypervolume:.6g}**, reference point {ref}{default}; "
+               "maximised objectives are negated, so the hypervolume is in minimisation units.", ""]
+    by_state = ", ".join(f"{s}: {n}" for s, n in b["by_state"].items() if n)
+    budget = []
+    if b["trials_budget"] is not None:
+        budget.append(f"trials budget {b['trials_budget']}")
+    if b["time_budget_s"] is not None:
+        budget.append(f"time budget {_hms(b['time_budget_s'])}")
+    md += ["## How the budget was spent", "",
+           f"- trials: {b['trials']} ({by_state or 'none'})"
+           + (f"; {', '.join(budget)}" if budget else ""),
+           f"- total evaluation time: {_hms(b['total_time_s'])}, of which training "
+           f"{_hms(b['training_time_s'])}",
+           f"- duplicates answered from an earlier trial (reused, not retrained): "
+           f"{b['reused_duplicates']}",
+           f"- rejected as infeasible before training: {b['rejected_before_training']} "
+           f"(infeasible in all: {b['infeasible']})", ""]
+    md += ["## Plots", ""]
+    for title, f in images:
+        md += [f"### {title}", "", f"![{title}]({f})", ""]
+    if k >= 2:
+        md += ["Interactive front (hover for architectures): [pareto.html](pareto.html)", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def front_json(front: Front) -> str:
+    """The front as JSON (for `shiftnas pareto --json`)."""
+    return json.dumps({"objectives": [o.__dict__ for o in front.objectives],
+                       "reference": front.reference, "hypervolume": front.hypervolume,
+                       "front": front_rows(front)}, indent=2)

@@ -1,0 +1,297 @@
+"""The Triton shift kernels against the pure-torch reference (spec sections 1-3).
+
+Without a GPU these run under the Triton interpreter on the CPU (see
+conftest.py), so shapes are small and odd. Every output buffer is poisoned
+with NaN before a kernel writes it, so an element a kernel forgets fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+
+from kernels import _triton_shift, dispatch, triton_ops  # noqa: E402
+from kernels import reference as ref  # noqa: E402
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (atol, rtol) against the fp32 reference evaluated on the same low-precision inputs.
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 1e-2)}
+# Channel counts that leave the centre group more than m channels.
+CHANNELS = {"4c": 11, "8c": 20, "5x5": 27}
+HW = (7, 9)
+
+
+@pytest.fixture(autouse=True)
+def _poison_outputs(monkeypatch):
+    monkeypatch.setattr(_triton_shift, "_poison", True)
+
+
+@pytest.fixture
+def no_tf32():
+    """fp32 GEMMs exact on both sides (the reference conv and tl.dot) on a GPU."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
+                 name: str = "", exact: bool = False) -> None:
+    """Compare in fp32; on failure report the max abs difference and the first bad index."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    a, e = actual.detach().float().cpu(), expected.detach().float().cpu()
+    atol, rtol = (0.0, 0.0) if exact else TOL[dtype or actual.dtype]
+    bad = ~((a - e).abs() <= atol + rtol * e.abs())  # NaN counts as bad
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        diff = (a - e).abs().nan_to_num(float("inf")).max().item()
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.numel()} elements differ; max abs diff {diff:.3g}; "
+            f"first at {first}: got {a[first].item()!r}, expected {e[first].item()!r}")
+
+
+def make_x(c: int, dtype=torch.float32, channels_last: bool = False, n: int = 2, hw=HW) -> torch.Tensor:
+    x = torch.randn(n, c, *hw, device=DEVICE).to(dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+def run(fn, *inputs, g_dtype: torch.dtype | None = None):
+    """`fn(*inputs)` and the gradients of every input for one fixed random output gradient.
+
+    `g_dtype` rounds that gradient first, so an fp32 reference sees the same
+    values as a low-precision kernel.
+    """
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    y = fn(*leaves)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    g = g.to(g_dtype or y.dtype).to(device=y.device, dtype=y.dtype)
+    y.backward(g)
+    return y, [t.grad for t in leaves]
+
+
+def fp32(*tensors):
+    return [t.float() for t in tensors]
+
+
+# ----------------------------------------------------------------------------
+# Integer shift: bit-exact in every dtype
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("nbhd", ["4c", "8c", "5x5"])
+def test_shift_matches_reference(nbhd, stride, dilation, channels_last):
+    plan = ref.shift_plan(CHANNELS[nbhd], nbhd, dilation)
+    x = make_x(CHANNELS[nbhd], channels_last=channels_last)
+    y, (dx,) = run(lambda t: triton_ops.shift(t, plan, stride), x)
+    y_ref, (dx_ref,) = run(lambda t: ref.shift_fn(t, plan, stride), x)
+    assert_close(y, y_ref, name="y", exact=True)
+    assert_close(dx, dx_ref, name="dx", exact=True)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_shift_low_precision_is_exact(dtype, stride):
+    plan = ref.shift_plan(20, "8c")
+    x = make_x(20, dtype)
+    y, (dx,) = run(lambda t: triton_ops.shift(t, plan, stride), x)
+    y_ref, (dx_ref,) = run(lambda t: ref.shift_fn(t, plan, stride), x)
+    assert y.dtype == dtype
+    assert_close(y, y_ref, name="y", exact=True)
+    assert_close(dx, dx_ref, name="dx", exact=True)
+
+
+def test_shift_large_offsets_zero_whole_channels():
+    """Offsets beyond the image give all-zero channels (every element still written)."""
+    plan = ref.shift_plan(20, "8c", dilation=9)
+    x = make_x(20)
+    assert_close(triton_ops.shift(x, plan, 2), ref.shift(x, plan, 2), name="y", exact=True)
+
+
+# ----------------------------------------------------------------------------
+# Active shift
+# ----------------------------------------------------------------------------
+
+
+def make_theta(c: int) -> torch.Tensor:
+    theta = torch.empty(c, 2).uniform_(-2.5, 2.5)
+    theta[:4] = torch.tensor([[0.0, 0.0], [1.0, -1.0], [-0.5, 0.5], [2.0, 0.25]])  # integer and half
+    return theta.to(DEVICE)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_active_shift_matches_reference(stride, channels_last):
+    torch.manual_seed(1)
+    x, theta = make_x(13, channels_last=channels_last), make_theta(13)
+    y, (dx, dth) = run(lambda a, t: triton_ops.active_shift(a, t, stride), x, theta)
+    y_ref, (dx_ref, dth_ref) = run(lambda a, t: ref.active_shift(a, t, stride), x, theta)
+    assert_close(y, y_ref, name="y")
+    assert_close(dx, dx_ref, name="dx")
+    assert_close(dth, dth_ref, torch.float32, name="dtheta")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_active_shift_low_precision(dtype, stride):
+    torch.manual_seed(2)
+    x, theta = make_x(13, dtype), make_theta(13)
+    y, (dx, dth) = run(lambda a, t: triton_ops.active_shift(a, t, stride), x, theta)
+    assert y.dtype == dx.dtype == dtype and dth.dtype == torch.float32
+    y_ref, (dx_ref, dth_ref) = run(lambda a, t: ref.active_shift(a, t, stride), x.float(), theta,
+                                   g_dtype=dtype)
+    assert_close(y, y_ref, dtype, name="y")
+    assert_close(dx, dx_ref, dtype, name="dx")
+    assert_close(dth, dth_ref, dtype, name="dtheta")
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_sparse_shift_matches_reference(stride, channels_last):
+    torch.manual_seed(3)
+    x, theta = make_x(13, channels_last=channels_last), make_theta(13)
+    theta[4:6] = torch.tensor([[1.5, -1.5], [2.5, 0.5]])  # round half to even: 2, -2, 2, 0
+    y, (dx, dth) = run(lambda a, t: triton_ops.sparse_shift(a, t, stride), x, theta)
+    y_ref, (dx_ref, dth_ref) = run(lambda a, t: ref.sparse_shift(a, t, stride), x, theta)
+    assert_close(y, y_ref, name="y", exact=True)
+    assert_close(dx, dx_ref, name="dx", exact=True)
+    assert_close(dth, dth_ref, torch.float32, name="dtheta")
+
+
+@pytest.mark.parametrize("op", ["active", "sparse"])
+def test_dtheta_is_deterministic(op):
+    fn = triton_ops.active_shift if op == "active" else triton_ops.sparse_shift
+    x, theta = make_x(20, n=3), make_theta(20)
+    _, (_, first) = run(lambda a, t: fn(a, t, 1), x, theta)
+    _, (_, second) = run(lambda a, t: fn(a, t, 1), x, theta)
+    assert torch.equal(first, second)
+
+
+# ----------------------------------------------------------------------------
+# Fused shift + 1x1 convolution
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("nbhd,dilation", [("4c", 1), ("8c", 1), ("8c", 2), ("5x5", 1)])
+def test_shift_conv1x1_matches_reference(nbhd, dilation, stride, channels_last, no_tf32):
+    torch.manual_seed(4)
+    c_in = CHANNELS[nbhd] + 10  # K spans more than one tile, groups straddle tiles
+    plan = ref.shift_plan(c_in, nbhd, dilation)
+    x = make_x(c_in, channels_last=channels_last)
+    w = torch.randn(19, c_in, 1, 1, device=DEVICE) / c_in**0.5
+    y, (dx, dw) = run(lambda a, b: triton_ops.shift_conv1x1(a, plan, stride, b), x, w)
+    y_ref, (dx_ref, dw_ref) = run(lambda a, b: ref.shift_conv1x1(a, plan, stride, b), x, w)
+    assert_close(y, y_ref, name="y")
+    assert_close(dx, dx_ref, name="dx")
+    assert_close(dw, dw_ref, name="dw")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_shift_conv1x1_low_precision(dtype):
+    torch.manual_seed(5)
+    plan = ref.shift_plan(20, "8c")
+    x, w = make_x(20, dtype), (torch.randn(19, 20, 1, 1, device=DEVICE) / 20**0.5).to(dtype)
+    y, (dx, dw) = run(lambda a, b: triton_ops.shift_conv1x1(a, plan, 2, b), x, w)
+    y_ref, (dx_ref, dw_ref) = run(lambda a, b: ref.shift_conv1x1(a, plan, 2, b), *fp32(x, w),
+                                  g_dtype=dtype)
+    assert_close(y, y_ref, dtype, name="y")
+    assert_close(dx, dx_ref, dtype, name="dx")
+    assert_close(dw, dw_ref, dtype, name="dw")
+
+
+def test_shift_conv1x1_dweight_is_deterministic():
+    plan = ref.shift_plan(20, "8c")
+    x, w = make_x(20, n=3), torch.randn(17, 20, 1, 1, device=DEVICE)
+    _, (_, first) = run(lambda a, b: triton_ops.shift_conv1x1(a, plan, 1, b), x, w)
+    _, (_, second) = run(lambda a, b: triton_ops.shift_conv1x1(a, plan, 1, b), x, w)
+    assert torch.equal(first, second)
+
+
+# ----------------------------------------------------------------------------
+# Argument checks, poisoning, dispatch
+# ----------------------------------------------------------------------------
+
+
+def test_poison_fills_outputs_with_nan():
+    assert torch.isnan(_triton_shift.alloc((2, 3), make_x(3))).all()
+
+
+def test_bad_arguments_are_rejected():
+    x = make_x(20)
+    with pytest.raises(ValueError, match="must cover channels"):
+        triton_ops.shift(x, ref.shift_plan(18, "8c"), 1)
+    with pytest.raises(ValueError, match="stride"):
+        triton_ops.shift(x, ref.shift_plan(20, "8c"), 0)
+    with pytest.raises(ValueError, match=r"shape \(C, 2\)"):
+        triton_ops.active_shift(x, torch.zeros(19, 2, device=DEVICE))
+    with pytest.raises(TypeError, match="float32, float16 or bfloat16"):
+        triton_ops.shift(x.double(), ref.shift_plan(20, "8c"), 1)
+    with pytest.raises(ValueError, match="weight"):
+        triton_ops.shift_conv1x1(x, ref.shift_plan(20, "8c"), 1, torch.zeros(4, 19, 1, 1, device=DEVICE))
+
+
+def test_dispatch_selects_triton(monkeypatch):
+    x = make_x(20)
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
+    backend = dispatch.get_backend(x, "triton")
+    assert backend is triton_ops.BACKEND and backend.supports(x)
+    monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+    assert dispatch.get_backend(x).name == "reference"
+    monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+    assert dispatch.get_backend(x).name == "triton"
+    plan = ref.shift_plan(20, "8c")
+    assert_close(dispatch.shift(x, plan, 2), ref.shift(x, plan, 2), name="y", exact=True)
+
+
+def test_supports_cpu_only_under_interpreter(monkeypatch):
+    cpu = torch.zeros(1, 1, 1, 1)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not triton_ops.supports(cpu)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_ops.supports(cpu) == _triton_shift.INTERPRET
+
+
+# ----------------------------------------------------------------------------
+# GPU only: realistic shapes, compiled kernels
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_gpu_realistic_shapes(dtype, channels_last, no_tf32):
+    torch.manual_seed(6)
+    plan = ref.shift_plan(64, "8c")
+    x = make_x(64, dtype, channels_last, n=8, hw=(32, 32))
+    for stride in (1, 2):
+        y, (dx,) = run(lambda t, s=stride: triton_ops.shift(t, plan, s), x)
+        y_ref, (dx_ref,) = run(lambda t, s=stride: ref.shift_fn(t, plan, s), x)
+        assert_close(y, y_ref, name="shift y", exact=True)
+        assert_close(dx, dx_ref, name="shift dx", exact=True)
+        theta = make_theta(64)
+        y, (dx, dth) = run(lambda a, t, s=stride: triton_ops.active_shift(a, t, s), x, theta)
+        y_ref, (dx_ref, _) = run(lambda a, t, s=stride: ref.active_shift(a, t, s), x.float(), theta,
+                                 g_dtype=dtype)
+        assert_close(y, y_ref, dtype, name="active y")
+        assert_close(dx, dx_ref, dtype, name="active dx")
+        w = (torch.randn(96, 64, 1, 1, device=DEVICE) / 8).to(dtype)
+        y, (dx, dw) = run(lambda a, b, s=stride: triton_ops.shift_conv1x1(a, plan, s, b), x, w)
+        y_ref, (dx_ref, dw_ref) = run(lambda a, b, s=stride: ref.shift_conv1x1(a, plan, s, b),
+                                      *fp32(x, w), g_dtype=dtype)
+        assert_close(y, y_ref, dtype, name="fused y")
+        assert_close(dx, dx_ref, dtype, name="fused dx")
+        assert_close(dw, dw_ref, dtype, name="fused dw")
