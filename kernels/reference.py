@@ -164,16 +164,26 @@ def shift_conv1x1(
 
 
 def gather_shift(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, stride: int = 1) -> torch.Tensor:
-    """Integer shift with an arbitrary offset per channel (`oy`, `ox`: int64 `(C,)`), zero padded."""
-    n, c, h, w = x.shape
-    ho, wo = out_hw(h, w, stride)
-    pad = int(torch.max(oy.abs().max(), ox.abs().max()).item()) if c else 0
-    xp = F.pad(x, (pad, pad, pad, pad))
-    dev = x.device
-    rows = (torch.arange(ho, device=dev) * stride)[None, :] + oy.to(dev)[:, None] + pad
-    cols = (torch.arange(wo, device=dev) * stride)[None, :] + ox.to(dev)[:, None] + pad
-    ch = torch.arange(c, device=dev)[:, None, None]
-    return xp[:, ch, rows[:, :, None], cols[:, None, :]]
+    """Integer shift with an arbitrary offset per channel (`oy`, `ox`: int64 `(C,)`), zero padded.
+
+    Channels are sorted by offset so that equal offsets form contiguous groups,
+    shifted by `shift_fn`'s slice copies, and put back in order: three copies
+    of the tensor, a few ops per distinct offset, and autograd for free.
+    """
+    c = x.shape[1]
+    keys = list(zip(oy.tolist(), ox.tolist()))
+    order = sorted(range(c), key=keys.__getitem__)
+    plan, start = [], 0
+    for i in range(1, c + 1):
+        if i == c or keys[order[i]] != keys[order[start]]:
+            plan.append(ShiftGroup(start, i, *keys[order[start]]))
+            start = i
+    if order == list(range(c)):
+        return shift_fn(x, tuple(plan), stride)
+    idx = torch.tensor(order, device=x.device)
+    inverse = torch.empty_like(idx)
+    inverse[idx] = torch.arange(c, device=x.device)
+    return shift_fn(x.index_select(1, idx), tuple(plan), stride).index_select(1, inverse)
 
 
 def _bilinear_taps(x: torch.Tensor, theta: torch.Tensor, stride: int):

@@ -108,7 +108,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     out = Path(args.out) if args.out else None
     for k in range(args.n):
-        for attempt in range(100):
+        for _ in range(100):
             net = sample_random(space, rng)
             try:
                 validate(net)

@@ -16,7 +16,10 @@ so state dicts load either way with ``strict=True``.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import inspect
+import io
 import shutil
 import warnings
 from pathlib import Path
@@ -24,10 +27,9 @@ from typing import Any
 
 import torch
 
+from kernels.reference import NEIGHBOURHOODS
 from searchspace import ConfigError, NetCfg, save_arch, validate
 from searchspace.genome import SHIFT_KINDS, mid_width
-
-from kernels.reference import NEIGHBOURHOODS
 
 __all__ = ["export_code", "export_arch", "export_onnx"]
 
@@ -456,8 +458,6 @@ build = create_model  # the same factory under a shorter name''')
 
 def load_exported(path: str | Path):
     """Import an exported `model.py` as a module (for tests and `--onnx`)."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(f"shiftnas_export_{abs(hash(str(path)))}", path)
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
@@ -465,32 +465,54 @@ def load_exported(path: str | Path):
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, in_chans: int, input_size: int,
-                opset: int = 17) -> Path:
-    """Export `model` (in eval mode) to ONNX for a `(1, in_chans, S, S)` input, batch dynamic.
+                exporter: str = "auto") -> Path:
+    """Export `model` (in eval mode) to ONNX for `(batch, in_chans, S, S)` inputs, batch dynamic.
 
-    Uses the TorchScript exporter (`dynamo=False` where torch offers the choice):
-    every shift lowers to standard operators (Pad/Slice/Concat; Floor, Round,
-    Equal, MatMul), so no custom op or extra package is needed.
+    `exporter`: ``dynamo`` (torch.export based; needs torch >= 2.5 and the
+    onnxscript package; opset 18), ``torchscript`` (the legacy exporter; opset
+    17) or ``auto``: dynamo when onnxscript is importable, else torchscript.
+    Every shift lowers to standard operators: Pad/Slice/Concat for fixed shifts,
+    MatMul with constant sampling matrices for active and sparse shifts.
     """
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise ConfigError(f"`exporter` must be auto, dynamo or torchscript, got {exporter!r}.")
     path = Path(path)
     model = model.eval()
-    x = torch.randn(1, in_chans, input_size, input_size)
-    kw: dict[str, Any] = dict(input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=opset, do_constant_folding=True)
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kw["dynamo"] = False
+    has_dynamo = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    if exporter == "auto":
+        exporter = ("dynamo" if has_dynamo and importlib.util.find_spec("onnxscript")
+                    else "torchscript")
+    kw: dict[str, Any] = dict(input_names=["input"], output_names=["logits"])
+    if exporter == "dynamo":
+        if not has_dynamo:
+            raise ConfigError(f"the dynamo ONNX exporter needs torch >= 2.5, this is "
+                              f"{torch.__version__}; use exporter='torchscript'.")
+        # Batch 2: torch.export specialises a dimension whose example size is 1.
+        x = torch.randn(2, in_chans, input_size, input_size)
+        kw.update(dynamo=True, opset_version=18,
+                  dynamic_shapes=({0: torch.export.Dim("batch")},))
+    else:
+        x = torch.randn(1, in_chans, input_size, input_size)
+        kw.update(opset_version=17, do_constant_folding=True,
+                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        if has_dynamo:
+            kw["dynamo"] = False
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), str(path), **kw)
-    except Exception as exc:  # the legacy exporter is gone or rejects the model
-        raise ConfigError(f"ONNX export to {path} failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        hint = ("" if exporter == "dynamo" else
+                " (the legacy exporter may be gone from this torch: pip install onnxscript "
+                "for the dynamo exporter)")
+        raise ConfigError(f"ONNX export to {path} with the {exporter} exporter failed: "
+                          f"{type(exc).__name__}: {exc}{hint}") from exc
     return path
 
 
 def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None = None, *,
-                weights: str | Path | None = None, onnx: bool = False) -> dict[str, Path]:
+                weights: str | Path | None = None, onnx: bool = False,
+                exporter: str = "auto") -> dict[str, Path]:
     """Write `model.py`, `arch.yaml`, [`weights.pt`] and [`model.onnx`] into `out_dir`.
 
     `weights` is a state dict file of the builder's model (a run's
@@ -514,5 +536,6 @@ def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None
                 model.load_state_dict(state, strict=True)
             except RuntimeError as exc:
                 raise ConfigError(f"weights {weights} do not fit the architecture: {exc}") from None
-        paths["onnx"] = export_onnx(model, out / "model.onnx", net.in_chans, net.input_size)
+        paths["onnx"] = export_onnx(model, out / "model.onnx", net.in_chans, net.input_size,
+                                    exporter)
     return paths

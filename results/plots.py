@@ -134,9 +134,9 @@ def plot_pareto(run: Run, front: Front, path: str | Path) -> Path:
         xs, ys = [p[0] for p in fr], [p[1] for p in fr]
         ax.step(xs, ys, where="post" if ox.direction == "minimize" else "pre",
                 color="#08306b", lw=1.2, alpha=0.8, zorder=4)
-    for x, y, t in fr:
-        ax.annotate(t.short, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7,
-                    color="#08306b", zorder=6)
+    for i, (x, y, t) in enumerate(fr):  # alternate above / below so neighbours stay legible
+        ax.annotate(t.short, (x, y), xytext=(4, 4 if i % 2 == 0 else -11),
+                    textcoords="offset points", fontsize=7, color="#08306b", zorder=6)
     ax.set_xlabel(_axis_label(ox))
     ax.set_ylabel(_axis_label(oy))
     more = "" if len(front.objectives) == 2 else f" (front over all {len(front.objectives)} objectives)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from ._errors import ArchError
 from .genome import BlockCfg, NetCfg, StageCfg

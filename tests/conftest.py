@@ -9,7 +9,8 @@ import torch
 # Must happen before any Triton kernel is defined (imports are lazy elsewhere).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: tiny tensors gain nothing from more, and lose a lot when cores are busy.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -61,8 +61,7 @@ def synthetic_run(root: Path, n: int = 40, seed: int = 0, objectives: list[dict]
     archs: list[str] = []
     for i in range(n):
         net = sample_random(space, seed * 1000 + i)
-        widths = sum(st.width * st.depth for st in net.stages)
-        params = float(widths * 600 * rng.uniform(0.3, 3.0))
+        params = float(10 ** rng.uniform(5.0, 6.2))  # not from the arch: independent of the space
         macs = params * rng.uniform(40, 120)
         latency = 0.05 * (macs / 1e6) ** 0.8 * rng.uniform(0.7, 1.4)
         acc = min(0.96, 0.55 + 0.06 * math.log10(macs / 1e5 + 1) * 2.5 + rng.normal(0, 0.025))

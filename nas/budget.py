@@ -1,0 +1,314 @@
+"""The budget file: what to search, for what, within what budget. Plain YAML into dataclasses.
+
+Every field is documented in `examples/budget-reference.yaml`. Parsing is
+strict: an unknown key, a wrong type, an out-of-range value or a
+contradiction is one `ConfigError` naming the field's path, the value, the
+rule and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evaluators.datasets import DataCfg, cfg_from_dict
+from evaluators.latency import LatencyCfg
+from evaluators.proxies import PROXIES
+from evaluators.training import TrainCfg
+from results.store import Constraint, Objective
+from searchspace import ConfigError, ShiftNASError, Space, load_space
+
+ENGINES = ("optuna", "ray")
+SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
+DEVICES = ("auto", "cpu", "cuda")
+# Metric -> the direction an objective on it takes when the file gives none.
+METRICS = {
+    "accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
+    "traffic_mb": "minimize", **{p: "maximize" for p in PROXIES},
+}
+CHEAP_METRICS = ("params", "macs", "traffic_mb")  # known from the genome alone
+# Fields that may change when a run is resumed; any other change is a different search.
+RESUMABLE = ("trials", "time_budget", "workers", "threads", "export", "onnx", "storage")
+
+
+@dataclass(frozen=True)
+class PruningCfg:
+    """Pareto-aware successive halving on validation accuracy (see nas.pruning)."""
+
+    enabled: bool = True  # stop dominated trials early
+    eta: int = 3  # at each rung keep the top 1/eta of the trials there, by non-dominated rank
+    min_epochs: int = 1  # the first rung; later rungs at min_epochs * eta^k epochs
+    min_trials: int = 3  # a rung prunes nothing until this many trials have reached it
+
+    def __post_init__(self) -> None:
+        _rule(isinstance(self.enabled, bool), "enabled", "must be true or false", self.enabled)
+        _rule(_is_int(self.eta) and self.eta >= 2, "eta", "must be an integer >= 2", self.eta)
+        _rule(_is_int(self.min_epochs) and self.min_epochs >= 1, "min_epochs",
+              "must be an integer >= 1", self.min_epochs)
+        _rule(_is_int(self.min_trials) and self.min_trials >= 1, "min_trials",
+              "must be an integer >= 1", self.min_trials)
+
+
+@dataclass(frozen=True)
+class RayCfg:
+    """Where and how the Ray Tune engine runs trials."""
+
+    address: str | None = None  # an existing cluster ("auto", "ray://head:10001"); None = local Ray
+    num_cpus: int | None = None  # CPUs of a local Ray (None = all of this machine's)
+    cpus_per_trial: float = 1.0  # CPUs reserved per trial
+    gpus_per_trial: float = 0.0  # GPUs reserved per trial (fractions share a GPU)
+
+    def __post_init__(self) -> None:
+        _rule(self.address is None or isinstance(self.address, str), "address",
+              "must be a string or null", self.address)
+        _rule(self.num_cpus is None or (_is_int(self.num_cpus) and self.num_cpus >= 1),
+              "num_cpus", "must be an integer >= 1 or null", self.num_cpus)
+        _rule(_is_num(self.cpus_per_trial) and self.cpus_per_trial > 0, "cpus_per_trial",
+              "must be a number > 0", self.cpus_per_trial)
+        _rule(_is_num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "gpus_per_trial",
+              "must be a number >= 0", self.gpus_per_trial)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A parsed budget file; build one with `load_budget`."""
+
+    name: str  # the run's name: its directory is out_dir/name
+    out_dir: str = "runs"  # where run directories go
+    seed: int = 0  # seeds the sampler, the training and the split
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    data: DataCfg = field(default_factory=DataCfg)  # the data set (evaluators.datasets.DataCfg)
+    space: Any = "cifar_shift"  # a space file path, a built-in space name, or an inline mapping
+    objectives: tuple[Objective, ...] = (Objective("accuracy", "maximize"),
+                                         Objective("params", "minimize"))
+    constraints: tuple[Constraint, ...] = ()  # hard limits, checked before any training
+    engine: str = "optuna"  # optuna | ray
+    sampler: str = "nsga2"  # nsga2 | nsga3 | tpe | random | qmc | gp
+    population_size: int = 10  # NSGA-II/III generation size
+    trials: int | None = 30  # trial budget (finished trials of the whole run)
+    time_budget: float | None = None  # wall-clock budget in seconds ("90s", "10m", "2h" accepted)
+    train: TrainCfg = field(default_factory=TrainCfg)  # proxy training (evaluators.training)
+    pruning: PruningCfg = field(default_factory=PruningCfg)
+    latency: LatencyCfg = field(default_factory=LatencyCfg)  # latency measurement
+    proxies: tuple[str, ...] = ()  # zero-cost proxies to record (those in objectives are added)
+    storage: str | None = None  # Optuna storage URL; None = SQLite in the run directory
+    workers: int = 1  # parallel trial processes (Optuna) or concurrent trials (Ray)
+    threads: int = 1  # CPU threads per trial process (small nets gain nothing from more)
+    ray: RayCfg = field(default_factory=RayCfg)
+    export: str | None = "max accuracy"  # which trial to export when the search ends (None = none)
+    onnx: bool = False  # export ONNX as well
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @property
+    def metrics_needed(self) -> set[str]:
+        return {o.name for o in self.objectives} | {c.metric for c in self.constraints}
+
+    @property
+    def needs_training(self) -> bool:
+        return "accuracy" in self.metrics_needed
+
+    @property
+    def needs_latency(self) -> bool:
+        return "latency_ms" in self.metrics_needed
+
+    def load_space(self) -> Space:
+        return load_space(self.space, where="budget.space")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The budget as a plain mapping, every default filled in (`load_budget` reads it back)."""
+        d = dataclasses.asdict(self)
+        d["objectives"] = [{"metric": o.name, "direction": o.direction} for o in self.objectives]
+        d["constraints"] = [str(c) for c in self.constraints]
+        d["proxies"] = list(self.proxies)
+        return json.loads(json.dumps(d, default=list))
+
+    def settings_hash(self) -> str:
+        """Hash of every field that changes what a trial means (not the budget amounts)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE}
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    def changed_fields(self, other: Mapping[str, Any]) -> list[str]:
+        mine = self.to_dict()
+        return sorted(k for k in mine if k not in RESUMABLE and mine.get(k) != other.get(k))
+
+
+class _FieldError(ConfigError):
+    def __init__(self, name: str, rule: str, value: Any):
+        self.name, self.rule, self.value = name, rule, value
+        super().__init__(f"`{name}` {rule}, got {value!r}.")
+
+
+def _rule(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise _FieldError(name, rule, value)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(v: Any, where: str) -> float | None:
+    """Seconds from a number or a string like `90s`, `10m`, `1h30m`."""
+    if v is None:
+        return None
+    if _is_num(v) and v > 0:
+        return float(v)
+    m = _DURATION.fullmatch(v.strip()) if isinstance(v, str) and v.strip() else None
+    if not m or not any(m.groups()):
+        raise ConfigError(f"{where}: must be a positive number of seconds or a duration like "
+                          f"'90s', '10m', '1h30m', got {v!r}.")
+    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+_CONSTRAINT = re.compile(r"\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|==)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*")
+
+
+def parse_constraint(text: Any, where: str) -> Constraint:
+    m = _CONSTRAINT.fullmatch(text) if isinstance(text, str) else None
+    if not m:
+        raise ConfigError(f"{where}: a constraint is a string 'METRIC OP NUMBER' such as "
+                          f"'params <= 300000' or 'latency_ms <= 2.0', got {text!r}.")
+    metric, op, value = m.groups()
+    if metric not in METRICS:
+        raise ConfigError(f"{where}: unknown metric {metric!r}; constraints may use {list(METRICS)}.")
+    return Constraint(metric, op, float(value))
+
+
+def _objectives(v: Any, where: str) -> tuple[Objective, ...]:
+    if not isinstance(v, list) or not v:
+        raise ConfigError(f"{where}: must be a non-empty list of objectives, e.g. "
+                          f"[accuracy, latency_ms] or [{{metric: accuracy, direction: maximize}}], "
+                          f"got {v!r}.")
+    out: list[Objective] = []
+    for i, o in enumerate(v):
+        w = f"{where}[{i}]"
+        if isinstance(o, str):
+            o = {"metric": o}
+        if not isinstance(o, Mapping) or set(o) - {"metric", "direction"} or "metric" not in o:
+            raise ConfigError(f"{w}: an objective is a metric name or {{metric: NAME, direction: "
+                              f"maximize|minimize}}, got {o!r}.")
+        metric = o["metric"]
+        if metric not in METRICS:
+            raise ConfigError(f"{w}.metric: unknown metric {metric!r}; choose from {list(METRICS)}.")
+        direction = o.get("direction", METRICS[metric])
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(f"{w}.direction: must be maximize or minimize, got {direction!r}.")
+        if any(x.name == metric for x in out):
+            raise ConfigError(f"{w}: objective {metric!r} is listed twice.")
+        out.append(Objective(metric, direction))
+    return tuple(out)
+
+
+_SECTIONS = {"data": DataCfg, "train": TrainCfg, "latency": LatencyCfg, "pruning": PruningCfg,
+             "ray": RayCfg}
+
+
+def budget_from_dict(d: Any, where: str = "budget") -> Budget:
+    """Strictly parse a budget mapping (see the module docstring)."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: a budget file holds a mapping of fields, got "
+                          f"{type(d).__name__}.")
+    fields = {f.name for f in dataclasses.fields(Budget)}
+    for k in d:
+        if k not in fields:
+            raise ConfigError(f"{where}.{k}: unknown key; allowed: {sorted(fields)}.")
+    if "name" not in d:
+        raise ConfigError(f"{where}.name: is required (the run's name; its directory is "
+                          f"out_dir/name).")
+    kw: dict[str, Any] = {}
+    for k, v in d.items():
+        w = f"{where}.{k}"
+        if k in _SECTIONS:
+            kw[k] = cfg_from_dict(_SECTIONS[k], v, w)
+        elif k == "objectives":
+            kw[k] = _objectives(v, w)
+        elif k == "constraints":
+            if not isinstance(v, list):
+                raise ConfigError(f"{w}: must be a list of strings like 'params <= 300000', got {v!r}.")
+            kw[k] = tuple(parse_constraint(c, f"{w}[{i}]") for i, c in enumerate(v))
+        elif k == "time_budget":
+            kw[k] = parse_duration(v, w)
+        elif k == "proxies":
+            if not isinstance(v, list) or any(p not in PROXIES for p in v):
+                raise ConfigError(f"{w}: must be a list of proxy names from {list(PROXIES)}, got {v!r}.")
+            kw[k] = tuple(v)
+        else:
+            kw[k] = v
+    try:
+        b = Budget(**kw)
+        _check_budget(b)
+    except _FieldError as exc:
+        raise ConfigError(f"{where}.{exc.name}: {exc.rule}, got {exc.value!r}.") from None
+    try:
+        b.load_space()
+    except ShiftNASError as exc:
+        raise ConfigError(str(exc)) from None
+    return b
+
+
+def _check_budget(b: Budget) -> None:
+    _rule(isinstance(b.name, str) and re.fullmatch(r"[\w.-]+", b.name or "") is not None, "name",
+          "must be a non-empty name of letters, digits, '.', '_' or '-'", b.name)
+    _rule(isinstance(b.out_dir, str) and b.out_dir != "", "out_dir", "must be a directory path",
+          b.out_dir)
+    _rule(_is_int(b.seed), "seed", "must be an integer", b.seed)
+    _rule(b.device in DEVICES, "device", f"must be one of {list(DEVICES)}", b.device)
+    _rule(isinstance(b.space, (str, Mapping)), "space",
+          "must be a space file path, a built-in space name or an inline mapping", b.space)
+    _rule(b.engine in ENGINES, "engine", f"must be one of {list(ENGINES)}", b.engine)
+    _rule(b.sampler in SAMPLERS, "sampler", f"must be one of {list(SAMPLERS)}", b.sampler)
+    _rule(_is_int(b.population_size) and b.population_size >= 2, "population_size",
+          "must be an integer >= 2", b.population_size)
+    _rule(b.trials is None or (_is_int(b.trials) and b.trials >= 1), "trials",
+          "must be an integer >= 1 or null", b.trials)
+    _rule(b.trials is not None or b.time_budget is not None, "trials",
+          "and `time_budget` cannot both be null (the search would never stop); set one", b.trials)
+    _rule(_is_int(b.workers) and b.workers >= 1, "workers", "must be an integer >= 1", b.workers)
+    _rule(_is_int(b.threads) and b.threads >= 1, "threads", "must be an integer >= 1", b.threads)
+    _rule(b.storage is None or (isinstance(b.storage, str) and "://" in b.storage), "storage",
+          "must be a database URL such as 'sqlite:///runs/x.db' or "
+          "'postgresql://user@host/db', or null", b.storage)
+    _rule(b.export is None or isinstance(b.export, str), "export",
+          "must be a pick expression like 'max accuracy where latency_ms <= 2', or null", b.export)
+    _rule(isinstance(b.onnx, bool), "onnx", "must be true or false", b.onnx)
+    for lo in b.constraints:
+        for hi in b.constraints:
+            if (lo.metric == hi.metric and lo.op in (">=", ">", "==") and hi.op in ("<=", "<", "==")
+                    and (lo.value > hi.value or (lo.value == hi.value and not (
+                        lo.op in (">=", "==") and hi.op in ("<=", "=="))))):
+                _rule(False, "constraints", f"contradict each other ('{lo}' and '{hi}': no "
+                      f"architecture can satisfy both); relax one", [str(lo), str(hi)])
+
+
+def load_budget(path: str | Path, *, trials: int | None = None, workers: int | None = None) -> Budget:
+    """Read and check a budget file; `trials` / `workers` override the file (CLI flags)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"budget file {str(path)!r} does not exist; `examples/quickstart.yaml` "
+                          f"is a working example.")
+    try:
+        d = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"budget file {p}: not valid YAML ({exc}).") from None
+    b = budget_from_dict(d, where=str(p))
+    over = {k: v for k, v in (("trials", trials), ("workers", workers)) if v is not None}
+    return dataclasses.replace(b, **over) if over else b

@@ -1,0 +1,89 @@
+"""Plots are valid images, the report has its sections, the HTML carries hover text."""
+
+from __future__ import annotations
+
+import builtins
+
+import pytest
+from matplotlib import image as mpimg
+
+from results.pareto import pareto_front
+from results.plots import plot_pareto, write_html
+from results.report import budget_summary, write_report
+from results.store import load_run
+
+from .fixtures import make_run, synthetic_run
+
+PNG = b"\x89PNG\r\n\x1a\n"
+THREE = [{"name": "accuracy", "direction": "maximize"},
+         {"name": "latency_ms", "direction": "minimize"},
+         {"name": "params", "direction": "minimize"}]
+
+
+def _check_png(path):
+    assert path.read_bytes()[:8] == PNG
+    img = mpimg.imread(path)
+    assert img.shape[0] > 200 and img.shape[1] > 300
+    assert img.std() > 0.01  # not a blank canvas
+
+
+def test_report_two_objectives(tmp_path):
+    run_dir = synthetic_run(tmp_path, 40, seed=1)
+    report = write_report(run_dir)
+    for name in ("pareto.png", "hypervolume.png", "choices.png"):
+        _check_png(run_dir / name)
+    assert not (run_dir / "pareto_pairs.png").exists()
+    md = report.read_text()
+    run = load_run(run_dir)
+    front = pareto_front(run)
+    for t in front.trials:
+        assert f"| {t.number} |" in md
+    assert "Hypervolume: **" in md and "reference point accuracy = " in md
+    b = budget_summary(run)
+    assert f"trials: {len(run.trials)} (" in md
+    assert f"reused, not retrained): {b['reused_duplicates']}" in md
+    assert b["reused_duplicates"] > 0 and b["by_state"]["infeasible"] > 0
+    assert "![Pareto front](pareto.png)" in md
+    html = (run_dir / "pareto.html").read_text()
+    assert front.trials[0].arch in html
+
+
+def test_report_three_objectives_to_other_dir(tmp_path):
+    run_dir = synthetic_run(tmp_path, 30, seed=2, objectives=THREE)
+    out = tmp_path / "rep"
+    write_report(run_dir, out)
+    for name in ("pareto.png", "pareto_pairs.png", "hypervolume.png", "choices.png"):
+        _check_png(out / name)
+    assert (out / "report.md").is_file()
+
+
+def test_log_axes_when_a_cost_spans_decades(tmp_path):
+    trials = [dict(number=i, state="complete", metrics={"accuracy": 0.5 + 0.04 * i,
+                                                        "latency_ms": 0.01 * 3.0 ** i})
+              for i in range(10)]
+    run = load_run(make_run(tmp_path, trials))
+    path = plot_pareto(run, pareto_front(run), tmp_path / "p.png")
+    _check_png(path)
+
+
+def test_html_fallback_without_plotly(tmp_path, monkeypatch):
+    run = load_run(synthetic_run(tmp_path, 12, seed=3))
+    front = pareto_front(run)
+    real_import = builtins.__import__
+
+    def no_plotly(name, *a, **kw):
+        if name.startswith("plotly"):
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_plotly)
+    html = write_html(run, front, tmp_path / "p.html").read_text()
+    assert "<svg" in html and "<title>" in html and "plotly" not in html
+    assert front.trials[0].arch in html
+
+
+def test_plotly_html_is_self_contained(tmp_path):
+    pytest.importorskip("plotly")
+    run = load_run(synthetic_run(tmp_path, 12, seed=3))
+    html = write_html(run, pareto_front(run), tmp_path / "p.html").read_text()
+    assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js inline

@@ -1,0 +1,161 @@
+"""Reading run directories, --pick, and the results subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+
+import pytest
+import torch
+
+from results.commands import register
+from results.store import load_run, parse_pick, select_trial
+from searchspace import ConfigError, build_model, decode_net
+
+from .fixtures import make_run, synthetic_run
+
+TRIALS = [
+    dict(number=0, state="complete", metrics={"accuracy": 0.8, "latency_ms": 2.0, "params": 1e5}),
+    dict(number=1, state="complete", metrics={"accuracy": 0.9, "latency_ms": 3.0, "params": 2e5}),
+    dict(number=2, state="pruned", metrics={"accuracy": 0.95, "latency_ms": 1.0}),
+    dict(number=3, state="infeasible", feasible=False, metrics={"params": 9e6}),
+    dict(number=4, state="complete", metrics={"accuracy": 0.85, "latency_ms": 1.5, "params": 3e5}),
+]
+
+
+def _cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="shiftnas")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_load_run_last_line_wins_and_partial_line_is_skipped(tmp_path):
+    run_dir = make_run(tmp_path, TRIALS)
+    with open(run_dir / "trials.jsonl", "a") as f:
+        upd = json.loads((run_dir / "trials.jsonl").read_text().splitlines()[0])
+        upd.update(state="failed", reason="boom")
+        f.write(json.dumps(upd) + "\n")
+        f.write('{"number": 9, "sta')  # still being written
+    run = load_run(run_dir)
+    assert [t.number for t in run.trials] == [0, 1, 2, 3, 4]
+    assert run.trial(0).state == "failed" and run.trial(0).reason == "boom"
+    assert [o.name for o in run.objectives] == ["accuracy", "latency_ms"]
+    assert str(run.constraints[0]) == "params <= 3000000"
+    assert run.column("accuracy") == [0.8, 0.9, 0.95, None, 0.85]
+    assert [t.number for t in run.by_state("complete")] == [1, 4]
+    assert [t.number for t in run.candidates()] == [1, 4]
+    with pytest.raises(ConfigError, match="unknown trial state"):
+        run.by_state("done")
+    with pytest.raises(ConfigError, match="no trial number 7"):
+        run.trial(7)
+
+
+@pytest.mark.parametrize("breakage, match", [
+    ("nodir", "does not exist"),
+    ("norun", "has no run.json"),
+    ("badjson", "not valid JSON"),
+    ("noobj", "missing key `objectives`"),
+    ("baddir", "`direction` must be one of"),
+    ("notrials", "has no trials.jsonl"),
+    ("badline", r"trials.jsonl:1: not valid JSON"),
+    ("badstate", "`state` must be one of"),
+    ("badmetric", "metric `accuracy` must be a number"),
+])
+def test_malformed_run_dirs_raise_config_error(tmp_path, breakage, match):
+    run_dir = make_run(tmp_path, TRIALS)
+    meta = json.loads((run_dir / "run.json").read_text())
+    if breakage == "nodir":
+        run_dir = tmp_path / "missing"
+    elif breakage == "norun":
+        (run_dir / "run.json").unlink()
+    elif breakage == "badjson":
+        (run_dir / "run.json").write_text("{nope")
+    elif breakage == "noobj":
+        del meta["objectives"]
+        (run_dir / "run.json").write_text(json.dumps(meta))
+    elif breakage == "baddir":
+        meta["objectives"][0]["direction"] = "maximise"
+        (run_dir / "run.json").write_text(json.dumps(meta))
+    elif breakage == "notrials":
+        (run_dir / "trials.jsonl").unlink()
+    elif breakage == "badline":
+        (run_dir / "trials.jsonl").write_text("{oops\n")
+    else:
+        rec = json.loads((run_dir / "trials.jsonl").read_text().splitlines()[0])
+        if breakage == "badstate":
+            rec["state"] = "done"
+        else:
+            rec["metrics"]["accuracy"] = "high"
+        (run_dir / "trials.jsonl").write_text(json.dumps(rec) + "\n")
+    with pytest.raises(ConfigError, match=match):
+        load_run(run_dir)
+
+
+def test_pick_grammar_and_selection(tmp_path):
+    run = load_run(make_run(tmp_path, TRIALS))
+    assert parse_pick("max accuracy where latency_ms <= 2 and params<2.5e5") == (
+        "max", "accuracy", [("latency_ms", "<=", 2.0), ("params", "<", 2.5e5)])
+    assert select_trial(run, "max accuracy").number == 1  # pruned 0.95 does not compete
+    assert select_trial(run, "max accuracy where latency_ms <= 2").number == 4
+    assert select_trial(run, "min latency_ms where accuracy > 0.8").number == 4
+    for bad in ("maximum accuracy", "max accuracy where latency_ms ~ 2",
+                "max accuracy where", "max accuracy where latency_ms <= two"):
+        with pytest.raises(ConfigError, match="--pick"):
+            parse_pick(bad)
+    with pytest.raises(ConfigError, match="no feasible complete trial"):
+        select_trial(run, "max accuracy where latency_ms < 1")
+
+
+def test_cli_export_from_run_with_weights(tmp_path, capsys):
+    run_dir = make_run(tmp_path, TRIALS)
+    net = decode_net(load_run(run_dir).trial(4).arch)
+    (run_dir / "weights").mkdir()
+    torch.save(build_model(net).state_dict(), run_dir / "weights" / "trial_00004.pt")
+    out = tmp_path / "exp"
+    assert _cli("export", str(run_dir), "--pick", "max accuracy where latency_ms <= 2",
+                "--out", str(out)) == 0
+    assert {p.name for p in out.iterdir()} == {"model.py", "arch.yaml", "weights.pt"}
+    assert "trial: 4" in (out / "model.py").read_text()
+    assert _cli("export", str(run_dir), "--trial", "1", "--out", str(tmp_path / "e1")) == 0
+    assert not (tmp_path / "e1" / "weights.pt").exists()
+    with pytest.raises(ConfigError, match="exactly one of --trial"):
+        _cli("export", str(run_dir), "--out", str(out))
+    with pytest.raises(ConfigError, match="need a run directory"):
+        _cli("export", "resnet20", "--trial", "1", "--out", str(out))
+
+
+def test_cli_export_preset_string_and_file(tmp_path):
+    assert _cli("export", "shiftresnet20_e1", "--out", str(tmp_path / "a")) == 0
+    src = (tmp_path / "a" / "model.py").read_text()
+    assert "shiftresnet20_e1" in src
+    assert _cli("export", str(tmp_path / "a" / "arch.yaml"), "--out", str(tmp_path / "b")) == 0
+    arch = decode_net("cifar-conv3x3-w16-c3-n10-i32|16:basic-s1").encode()
+    assert _cli("export", arch, "--out", str(tmp_path / "c")) == 0
+    assert (tmp_path / "c" / "model.py").is_file()
+
+
+def test_cli_pareto_table_and_json(tmp_path, capsys):
+    run_dir = make_run(tmp_path, TRIALS)
+    assert _cli("pareto", str(run_dir)) == 0
+    text = capsys.readouterr().out
+    assert "hypervolume" in text and "latency_ms" in text
+    assert _cli("pareto", str(run_dir), "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["trial"] for r in data["front"]] == [1, 4]  # 4 dominates 0
+    assert data["hypervolume"] > 0
+
+
+def test_cli_dashboard(tmp_path, monkeypatch, capsys):
+    run_dir = synthetic_run(tmp_path, 6)
+    calls = []
+    fake = types.ModuleType("optuna_dashboard")
+    fake.run_server = lambda storage, host, port: calls.append((storage, host, port))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", fake)
+    assert _cli("dashboard", str(run_dir), "--port", "9999") == 0
+    assert calls == [(f"sqlite:///{run_dir / 'study.db'}", "127.0.0.1", 9999)]
+    monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails
+    with pytest.raises(ConfigError, match=r"pip install 'shiftnas\[dashboard\]'"):
+        _cli("dashboard", str(run_dir))
