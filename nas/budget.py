@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 
 from evaluators.datasets import DataCfg, cfg_from_dict
+from evaluators.datasets import _check as _rule
+from evaluators.datasets import _FieldError, _is_int, _is_num
 from evaluators.latency import LatencyCfg
 from evaluators.proxies import PROXIES
 from evaluators.training import TrainCfg
@@ -141,25 +143,6 @@ class Budget:
     def changed_fields(self, other: Mapping[str, Any]) -> list[str]:
         mine = self.to_dict()
         return sorted(k for k in mine if k not in RESUMABLE and mine.get(k) != other.get(k))
-
-
-class _FieldError(ConfigError):
-    def __init__(self, name: str, rule: str, value: Any):
-        self.name, self.rule, self.value = name, rule, value
-        super().__init__(f"`{name}` {rule}, got {value!r}.")
-
-
-def _rule(ok: bool, name: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise _FieldError(name, rule, value)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?")
@@ -309,6 +292,6 @@ def load_budget(path: str | Path, *, trials: int | None = None, workers: int | N
         d = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"budget file {p}: not valid YAML ({exc}).") from None
-    b = budget_from_dict(d, where=str(p))
+    b = budget_from_dict(d, where=f"{p}: budget")
     over = {k: v for k, v in (("trials", trials), ("workers", workers)) if v is not None}
     return dataclasses.replace(b, **over) if over else b

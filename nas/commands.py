@@ -40,6 +40,7 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
 def _say(budget: Budget, store, resumed: bool) -> None:
     done = len(store.trials())
     verb = f"resuming ({done} trials done)" if resumed else "starting"
+    store.log(f"{verb} with the {budget.engine} engine, settings {budget.settings_hash()}")
     limits = [f"{budget.trials} trials" if budget.trials else "",
               f"{budget.time_budget:.0f} s" if budget.time_budget else ""]
     print(f"shiftnas search: {verb} run {budget.run_dir} with the {budget.engine} engine "

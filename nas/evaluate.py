@@ -119,6 +119,9 @@ class TrialEvaluator:
         }
         self.store.save_arch(number, net, out.metrics)
         self.store.record_trial(record)
+        shown = ", ".join(f"{k}={v:.5g}" for k, v in out.metrics.items())
+        self.store.log(f"trial {number} {out.state} in {record['duration_s']:.1f} s"
+                       f"{f' ({out.reason})' if out.reason else ''}: {net.encode()} {shown}")
         return out
 
     def _check(self, metrics: dict[str, float], names) -> str | None:

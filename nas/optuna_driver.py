@@ -47,7 +47,9 @@ def _retry_callback():
     cls = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", RetryFailedTrialCallback)
     arg = ("heartbeat_stale_trial_callback" if cls is not RetryFailedTrialCallback
            else "failed_trial_callback")
-    return arg, cls(max_retry=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return arg, cls(max_retry=2)
 
 
 def make_storage(url: str) -> RDBStorage:
@@ -59,13 +61,13 @@ def make_storage(url: str) -> RDBStorage:
                           grace_period=GRACE_S, **{arg: callback})
 
 
-def make_sampler(budget: Budget, seed: int) -> optuna.samplers.BaseSampler:
-    """The budget's sampler, seeded, with the constraints passed where the sampler uses them."""
-    def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+def make_sampler(budget: Budget, seed: int, constraints: bool = True) -> optuna.samplers.BaseSampler:
+    """The budget's sampler, seeded; with `constraints`, it reads the trials' constraint values."""
+    def violations(trial: optuna.trial.FrozenTrial) -> list[float]:
         return trial.user_attrs.get("violations", [0.0] * len(budget.constraints))
 
     # Optuna >= 5 reads constraints that the trial sets itself (see `objective`).
-    cons = constraints if budget.constraints and not NATIVE_CONSTRAINTS else None
+    cons = violations if constraints and budget.constraints and not NATIVE_CONSTRAINTS else None
     name, pop = budget.sampler, budget.population_size
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed, constraints_func=cons)
@@ -101,6 +103,17 @@ def recover_dead_trials(study: optuna.Study, store: RunStore) -> list[int]:
     return dead
 
 
+def live_running(study: optuna.Study) -> int:
+    """RUNNING trials that may still be alive (a dead process's trial must not eat the budget)."""
+    host, now, n = socket.gethostname(), time.time(), 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if "host" in t.user_attrs:
+            n += t.user_attrs["host"] != host or _alive(t.user_attrs.get("pid"))
+        else:  # created but not yet claimed: alive only if it is fresh
+            n += t.datetime_start is not None and now - t.datetime_start.timestamp() < GRACE_S / 6
+    return n
+
+
 def _alive(pid: object) -> bool:
     if not isinstance(pid, int):
         return True  # unknown: leave it to the heartbeat
@@ -118,7 +131,10 @@ def run_worker(budget: Budget, worker: int = 0, *, quiet: bool = False) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     store = RunStore(budget.run_dir)
     url = storage_url(budget)
-    study = open_study(budget, url, budget.seed + worker)
+    # A resumed run must not replay the sampler's random stream from its start.
+    done = len(store.trials())
+    study = open_study(budget, url, budget.seed + worker + 1009 * done)
+    store.log(f"worker {worker} opened the study (sampler seed {budget.seed + worker + 1009 * done})")
     if worker == 0:
         recover_dead_trials(study, store)
     evaluator = TrialEvaluator(budget, store)
@@ -131,8 +147,7 @@ def run_worker(budget: Budget, worker: int = 0, *, quiet: bool = False) -> None:
         return elapsed_before + time.monotonic() - t_start
 
     def budget_left() -> bool:
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if budget.trials is not None and len(store.trials()) + running >= budget.trials:
+        if budget.trials is not None and len(store.trials()) + live_running(study) >= budget.trials:
             return False
         return budget.time_budget is None or spent() < budget.time_budget
 

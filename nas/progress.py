@@ -54,7 +54,7 @@ class Progress:
         self.budget, self.store = budget, store
         self.t0 = time.monotonic() - elapsed_before
         self.done_at_start = len(store.trials())
-        self.stream = stream or sys.stderr
+        self.stream = stream  # None: whatever sys.stderr is when printing (picklable, for Ray)
 
     @property
     def elapsed(self) -> float:
@@ -85,4 +85,4 @@ class Progress:
         print(f"[{done:>4}/{total}] trial {number:<4} {state:<10} {shown} {note}".rstrip()
               + f" | front {size}{hv_text} | {_fmt_time(self.elapsed)} elapsed"
               + (f", ~{_fmt_time(left)} left" if left is not None else ""),
-              file=self.stream, flush=True)
+              file=self.stream or sys.stderr, flush=True)
