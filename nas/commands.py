@@ -50,11 +50,10 @@ def _say(budget: Budget, store, resumed: bool) -> None:
 
 def finish(budget: Budget) -> None:
     """Write the report and plots, print the front, export the chosen trial."""
-    from results.export import export_arch
+    from results.export import export_trial
     from results.pareto import pareto_front
     from results.report import format_table, write_report
     from results.store import load_run, select_trial
-    from searchspace import decode_net
 
     run = load_run(budget.run_dir)
     if not run.candidates():
@@ -70,10 +69,8 @@ def finish(budget: Budget) -> None:
         except ShiftNASError as exc:
             print(f"export skipped: {exc}")
             return
-        weights = run.weights_file(t.reused_from if t.reused_from is not None else t.number)
         out = budget.run_dir / "export"
-        export_arch(decode_net(t.arch), out, {"trial": t.number, **t.metrics},
-                    weights=weights if weights.is_file() else None, onnx=budget.onnx)
+        export_trial(run, t, out, onnx=budget.onnx)
         print(f"exported trial {t.number} ({budget.export}) to {out}/model.py")
 
 

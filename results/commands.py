@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from searchspace import ConfigError, decode_net, load_arch
+from searchspace import ConfigError, load_arch
 
-from .export import export_arch
+from .export import export_arch, export_trial
 from .pareto import pareto_front
 from .report import format_table, front_json, write_report
 from .store import load_run, select_trial
@@ -29,7 +29,6 @@ def _objectives(s: str | None) -> list[str] | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     source = args.source
-    weights = None
     if _is_run_dir(source):
         if (args.trial is None) == (args.pick is None):
             raise ConfigError(f"export {source}: a run directory needs exactly one of --trial N "
@@ -39,12 +38,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.trial is not None and (t.state != "complete" or not t.feasible):
             print(f"note: trial {t.number} is {t.state}"
                   f"{'' if t.feasible else ' and infeasible'}; exporting it anyway.")
-        net = decode_net(t.arch)
-        metrics = {"trial": t.number, **t.metrics}
-        for n in (t.number, t.reused_from):
-            if n is not None and run.weights_file(n).is_file():
-                weights = run.weights_file(n)
-                break
+        name = f"trial {t.number}"
+        paths = export_trial(run, t, args.out, onnx=args.onnx)
     else:
         if args.trial is not None or args.pick is not None:
             raise ConfigError(f"export {source!r}: --trial and --pick need a run directory "
@@ -53,9 +48,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise ConfigError(f"export {source!r}: the directory has no run.json; give a run "
                               f"directory, a preset name, an ARCH.yaml or a network string.")
         net = load_arch(source)
-        metrics = None
-    paths = export_arch(net, args.out, metrics, weights=weights, onnx=args.onnx)
-    print(f"exported {net.name or net.archid} to {args.out}:")
+        name = net.name or net.archid
+        paths = export_arch(net, args.out, None, onnx=args.onnx)
+    print(f"exported {name} to {args.out}:")
     for kind, p in paths.items():
         print(f"  {kind:8s} {p}")
     return 0

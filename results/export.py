@@ -28,10 +28,10 @@ from typing import Any
 import torch
 
 from kernels.reference import NEIGHBOURHOODS
-from searchspace import ConfigError, NetCfg, save_arch, validate
+from searchspace import ConfigError, NetCfg, decode_net, save_arch, validate
 from searchspace.genome import SHIFT_KINDS, mid_width
 
-__all__ = ["export_code", "export_arch", "export_onnx"]
+__all__ = ["export_code", "export_arch", "export_onnx", "export_trial"]
 
 # ----------------------------------------------------------------------------
 # Source templates (each emitted only when the architecture uses it)
@@ -539,3 +539,17 @@ def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None
         paths["onnx"] = export_onnx(model, out / "model.onnx", net.in_chans, net.input_size,
                                     exporter)
     return paths
+
+
+def export_trial(run, trial, out_dir: str | Path, *, onnx: bool = False) -> dict[str, Path]:
+    """Export one trial of a run (`results.store.Run`, `TrialRecord`) with its trained weights.
+
+    A duplicate trial (`reused_from`) exports the weights of the trial it reused.
+    """
+    weights = None
+    for n in (trial.number, trial.reused_from):
+        if n is not None and run.weights_file(n).is_file():
+            weights = run.weights_file(n)
+            break
+    return export_arch(decode_net(trial.arch), out_dir, {"trial": trial.number, **trial.metrics},
+                       weights=weights, onnx=onnx)
