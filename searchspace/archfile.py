@@ -86,4 +86,9 @@ def load_arch(spec: str | Path, *, classes: int | None = None, input_size: int |
                               ("in_chans", in_chans)) if v is not None}
     if over:
         net = dataclasses.replace(net, **over)
-    return validate(net) if check else net
+    if not check:
+        return net
+    try:
+        return validate(net)
+    except ArchError as exc:
+        raise ArchError(f"{spec}: {exc}") from None
