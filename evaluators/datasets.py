@@ -11,10 +11,8 @@ training step does no host work.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import pickle
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from searchspace import ConfigError
+from searchspace.config import cfg_from_dict, check, is_int, is_num
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -33,63 +32,6 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"
 # ----------------------------------------------------------------------------
 # Strict configs (shared by every *Cfg of this package)
 # ----------------------------------------------------------------------------
-
-
-class _FieldError(ConfigError):
-    """A config field broke its rule; `from_dict` prefixes the field's path."""
-
-    def __init__(self, name: str, rule: str, value: Any):
-        self.name, self.rule, self.value = name, rule, value
-        super().__init__(f"`{name}` {rule}, got {value!r}.")
-
-
-def _check(ok: bool, name: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise _FieldError(name, rule, value)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _coerce(tp: Any, v: Any) -> Any:
-    """YAML spells `1e-3` as a string and `1` as an int: accept both for float fields."""
-    if isinstance(v, str) and tp is float:
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    if _is_int(v) and tp is float:
-        return float(v)
-    return v
-
-
-def cfg_from_dict(cls: type, d: Any, where: str) -> Any:
-    """Build the frozen dataclass `cls` from a mapping; every error names `where.field`.
-
-    Unknown keys are errors (with the allowed keys listed); values are checked
-    by the class's `__post_init__`.
-    """
-    if d is None:
-        d = {}
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{where}: must be a mapping of {cls.__name__} fields, "
-                          f"got {type(d).__name__}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for k in d:
-        if k not in fields:
-            raise ConfigError(f"{where}.{k}: unknown key; allowed: {sorted(fields)}.")
-    kw = {k: _coerce(hints.get(k), v) for k, v in d.items()}
-    kw = {k: list(v) if isinstance(v, tuple) else v for k, v in kw.items()}
-    try:
-        return cls(**kw)
-    except _FieldError as exc:
-        raise ConfigError(f"{where}.{exc.name}: {exc.rule}, got {exc.value!r}.") from None
 
 
 # ----------------------------------------------------------------------------
@@ -110,22 +52,22 @@ class DataCfg:
     seed: int = 0  # seed of the train/validation split and the subset
 
     def __post_init__(self) -> None:
-        _check(self.name in DATASETS, "name", f"must be one of {list(DATASETS)}", self.name)
-        _check(self.path is None or isinstance(self.path, (str, Path)), "path",
+        check(self.name in DATASETS, "name", f"must be one of {list(DATASETS)}", self.name)
+        check(self.path is None or isinstance(self.path, (str, Path)), "path",
                "must be a directory path", self.path)
         if isinstance(self.path, Path):
             object.__setattr__(self, "path", str(self.path))
-        _check(self.name == "digits" or bool(self.path), "path",
+        check(self.name == "digits" or bool(self.path), "path",
                f"is required for the {self.name} data set (its data directory)", self.path)
-        _check(_is_num(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction",
+        check(is_num(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction",
                "must be a number in (0, 1)", self.val_fraction)
         object.__setattr__(self, "val_fraction", float(self.val_fraction))
-        _check(self.subset is None or (_is_int(self.subset) and self.subset >= 2), "subset",
+        check(self.subset is None or (is_int(self.subset) and self.subset >= 2), "subset",
                "must be an integer >= 2 or null", self.subset)
-        _check(self.resolution is None or (_is_int(self.resolution) and self.resolution >= 4),
+        check(self.resolution is None or (is_int(self.resolution) and self.resolution >= 4),
                "resolution", "must be an integer >= 4 or null", self.resolution)
-        _check(isinstance(self.augment, bool), "augment", "must be true or false", self.augment)
-        _check(_is_int(self.seed), "seed", "must be an integer", self.seed)
+        check(isinstance(self.augment, bool), "augment", "must be true or false", self.augment)
+        check(is_int(self.seed), "seed", "must be an integer", self.seed)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "data") -> DataCfg:

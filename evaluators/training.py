@@ -25,8 +25,9 @@ from torch import nn
 
 from kernels.modules import shift_parameters, sparse_l1
 from searchspace import NetCfg, build_model
+from searchspace.config import cfg_from_dict, check, is_int, is_num
 
-from .datasets import DataBundle, _check, _is_int, _is_num, cfg_from_dict
+from .datasets import DataBundle
 
 SCHEDULES = ("onecycle", "cosine")
 AUTO = ("auto", "on", "off")
@@ -60,31 +61,31 @@ class TrainCfg:
     def __post_init__(self) -> None:
         for k in ("epochs", "batch_size", "eval_batch_size"):
             v = getattr(self, k)
-            _check(_is_int(v) and v >= 1, k, "must be an integer >= 1", v)
-        _check(_is_int(self.precise_bn) and self.precise_bn >= 0, "precise_bn",
+            check(is_int(v) and v >= 1, k, "must be an integer >= 1", v)
+        check(is_int(self.precise_bn) and self.precise_bn >= 0, "precise_bn",
                "must be an integer >= 0", self.precise_bn)
         for k, lo_open in (("lr", True), ("momentum", False), ("weight_decay", False),
                            ("label_smoothing", False), ("warmup", False),
                            ("shift_lr_mult", False), ("sparse_l1", False)):
             v = getattr(self, k)
-            ok = _is_num(v) and math.isfinite(v) and (v > 0 if lo_open else v >= 0)
-            _check(ok, k, f"must be a finite number {'> 0' if lo_open else '>= 0'}", v)
+            ok = is_num(v) and math.isfinite(v) and (v > 0 if lo_open else v >= 0)
+            check(ok, k, f"must be a finite number {'> 0' if lo_open else '>= 0'}", v)
             object.__setattr__(self, k, float(v))
-        _check(self.momentum < 1, "momentum", "must be < 1", self.momentum)
-        _check(self.label_smoothing < 1, "label_smoothing", "must be < 1", self.label_smoothing)
-        _check(self.warmup < 1, "warmup", "must be a share of the steps in [0, 1)", self.warmup)
-        _check(self.schedule in SCHEDULES, "schedule", f"must be one of {list(SCHEDULES)}",
+        check(self.momentum < 1, "momentum", "must be < 1", self.momentum)
+        check(self.label_smoothing < 1, "label_smoothing", "must be < 1", self.label_smoothing)
+        check(self.warmup < 1, "warmup", "must be a share of the steps in [0, 1)", self.warmup)
+        check(self.schedule in SCHEDULES, "schedule", f"must be one of {list(SCHEDULES)}",
                self.schedule)
         for k in ("nesterov", "shift_grad_norm"):
-            _check(isinstance(getattr(self, k), bool), k, "must be true or false", getattr(self, k))
-        _check(not self.nesterov or self.momentum > 0, "nesterov",
+            check(isinstance(getattr(self, k), bool), k, "must be true or false", getattr(self, k))
+        check(not self.nesterov or self.momentum > 0, "nesterov",
                "needs momentum > 0 (set nesterov: false or momentum > 0)", self.nesterov)
         for k in ("amp", "channels_last"):
-            _check(getattr(self, k) in AUTO, k, f"must be one of {list(AUTO)}", getattr(self, k))
+            check(getattr(self, k) in AUTO, k, f"must be one of {list(AUTO)}", getattr(self, k))
         m = self.max_batches_per_epoch
-        _check(m is None or (_is_int(m) and m >= 1), "max_batches_per_epoch",
+        check(m is None or (is_int(m) and m >= 1), "max_batches_per_epoch",
                "must be an integer >= 1 or null", m)
-        _check(_is_int(self.seed), "seed", "must be an integer", self.seed)
+        check(is_int(self.seed), "seed", "must be an integer", self.seed)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> TrainCfg:
@@ -200,9 +201,10 @@ def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
           on_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
     """Train `net` on `data` and return its validation accuracy.
 
-    A `NetCfg` is built after `torch.manual_seed(cfg.seed)`; a module is trained
-    in place. Batch order and augmentation draw from a `torch.Generator`
-    seeded with `cfg.seed`, so on the CPU the same seed gives the same bits.
+    A `NetCfg` is built after `torch.manual_seed(cfg.seed)`, with the data
+    set's channels, classes and resolution; a module is trained in place.
+    Batch order and augmentation draw from a `torch.Generator` seeded with
+    `cfg.seed`, so on the CPU the same seed gives the same bits.
     `on_epoch(epoch, val_acc)` (epoch counted from 1) is called after every
     epoch; returning True stops the run with status "pruned". Never raises
     for a diverging loss ("nan"), an out-of-memory error ("oom") or another
@@ -224,7 +226,7 @@ def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
             model = build_model(net)
         else:
             model = net
-        channels_last = cuda and cfg.channels_last != "off" or cfg.channels_last == "on"
+        channels_last = (cuda and cfg.channels_last != "off") or cfg.channels_last == "on"
         model = model.to(device, memory_format=torch.channels_last if channels_last
                          else torch.preserve_format)
         use_amp = cuda and cfg.amp != "off"

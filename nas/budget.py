@@ -19,14 +19,14 @@ from typing import Any
 
 import yaml
 
-from evaluators.datasets import DataCfg, cfg_from_dict
-from evaluators.datasets import _check as _rule
-from evaluators.datasets import _FieldError, _is_int, _is_num
+from evaluators.datasets import DataCfg
 from evaluators.latency import LatencyCfg
 from evaluators.proxies import PROXIES
 from evaluators.training import TrainCfg
 from results.store import Constraint, Objective
 from searchspace import ConfigError, ShiftNASError, Space, load_space
+from searchspace.config import FieldError, cfg_from_dict, is_int, is_num
+from searchspace.config import check as _rule
 
 ENGINES = ("optuna", "ray")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
@@ -52,10 +52,10 @@ class PruningCfg:
 
     def __post_init__(self) -> None:
         _rule(isinstance(self.enabled, bool), "enabled", "must be true or false", self.enabled)
-        _rule(_is_int(self.eta) and self.eta >= 2, "eta", "must be an integer >= 2", self.eta)
-        _rule(_is_int(self.min_epochs) and self.min_epochs >= 1, "min_epochs",
+        _rule(is_int(self.eta) and self.eta >= 2, "eta", "must be an integer >= 2", self.eta)
+        _rule(is_int(self.min_epochs) and self.min_epochs >= 1, "min_epochs",
               "must be an integer >= 1", self.min_epochs)
-        _rule(_is_int(self.min_trials) and self.min_trials >= 1, "min_trials",
+        _rule(is_int(self.min_trials) and self.min_trials >= 1, "min_trials",
               "must be an integer >= 1", self.min_trials)
 
 
@@ -71,11 +71,11 @@ class RayCfg:
     def __post_init__(self) -> None:
         _rule(self.address is None or isinstance(self.address, str), "address",
               "must be a string or null", self.address)
-        _rule(self.num_cpus is None or (_is_int(self.num_cpus) and self.num_cpus >= 1),
+        _rule(self.num_cpus is None or (is_int(self.num_cpus) and self.num_cpus >= 1),
               "num_cpus", "must be an integer >= 1 or null", self.num_cpus)
-        _rule(_is_num(self.cpus_per_trial) and self.cpus_per_trial > 0, "cpus_per_trial",
+        _rule(is_num(self.cpus_per_trial) and self.cpus_per_trial > 0, "cpus_per_trial",
               "must be a number > 0", self.cpus_per_trial)
-        _rule(_is_num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "gpus_per_trial",
+        _rule(is_num(self.gpus_per_trial) and self.gpus_per_trial >= 0, "gpus_per_trial",
               "must be a number >= 0", self.gpus_per_trial)
 
 
@@ -152,7 +152,7 @@ def parse_duration(v: Any, where: str) -> float | None:
     """Seconds from a number or a string like `90s`, `10m`, `1h30m`."""
     if v is None:
         return None
-    if _is_num(v) and v > 0:
+    if is_num(v) and v > 0:
         return float(v)
     m = _DURATION.fullmatch(v.strip()) if isinstance(v, str) and v.strip() else None
     if not m or not any(m.groups()):
@@ -239,7 +239,7 @@ def budget_from_dict(d: Any, where: str = "budget") -> Budget:
     try:
         b = Budget(**kw)
         _check_budget(b)
-    except _FieldError as exc:
+    except FieldError as exc:
         raise ConfigError(f"{where}.{exc.name}: {exc.rule}, got {exc.value!r}.") from None
     try:
         b.load_space()
@@ -253,20 +253,20 @@ def _check_budget(b: Budget) -> None:
           "must be a non-empty name of letters, digits, '.', '_' or '-'", b.name)
     _rule(isinstance(b.out_dir, str) and b.out_dir != "", "out_dir", "must be a directory path",
           b.out_dir)
-    _rule(_is_int(b.seed), "seed", "must be an integer", b.seed)
+    _rule(is_int(b.seed), "seed", "must be an integer", b.seed)
     _rule(b.device in DEVICES, "device", f"must be one of {list(DEVICES)}", b.device)
     _rule(isinstance(b.space, (str, Mapping)), "space",
           "must be a space file path, a built-in space name or an inline mapping", b.space)
     _rule(b.engine in ENGINES, "engine", f"must be one of {list(ENGINES)}", b.engine)
     _rule(b.sampler in SAMPLERS, "sampler", f"must be one of {list(SAMPLERS)}", b.sampler)
-    _rule(_is_int(b.population_size) and b.population_size >= 2, "population_size",
+    _rule(is_int(b.population_size) and b.population_size >= 2, "population_size",
           "must be an integer >= 2", b.population_size)
-    _rule(b.trials is None or (_is_int(b.trials) and b.trials >= 1), "trials",
+    _rule(b.trials is None or (is_int(b.trials) and b.trials >= 1), "trials",
           "must be an integer >= 1 or null", b.trials)
     _rule(b.trials is not None or b.time_budget is not None, "trials",
           "and `time_budget` cannot both be null (the search would never stop); set one", b.trials)
-    _rule(_is_int(b.workers) and b.workers >= 1, "workers", "must be an integer >= 1", b.workers)
-    _rule(_is_int(b.threads) and b.threads >= 1, "threads", "must be an integer >= 1", b.threads)
+    _rule(is_int(b.workers) and b.workers >= 1, "workers", "must be an integer >= 1", b.workers)
+    _rule(is_int(b.threads) and b.threads >= 1, "threads", "must be an integer >= 1", b.threads)
     _rule(b.storage is None or (isinstance(b.storage, str) and "://" in b.storage), "storage",
           "must be a database URL such as 'sqlite:///runs/x.db' or "
           "'postgresql://user@host/db', or null", b.storage)

@@ -1,0 +1,139 @@
+"""The `shiftnas evaluate` subcommand: train one architecture and report its metrics.
+
+    shiftnas evaluate shiftresnet20_e3 --dataset digits --epochs 3 --latency --proxies --json
+
+The architecture's input channels, classes and resolution are set from the
+data set. Prints accuracy, params and MACs, and with `--latency` the measured
+latency, with `--proxies` the zero-cost proxy scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+
+from searchspace import ConfigError, NetCfg, build_model, load_arch
+
+from .datasets import DATASETS, DataCfg, load_data
+from .latency import LatencyCfg, measure_latency
+from .proxies import PROXIES, compute_proxies
+from .training import TrainCfg, train
+
+
+def model_cost(net: NetCfg) -> tuple[int, int]:
+    """`(params, macs)` from the built model, for when the analytic cost model is absent.
+
+    MACs come from `FlopCounterMode` (FLOPs / 2) at batch 1.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(net).eval()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.zeros(1, net.in_chans, net.input_size, net.input_size)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x)
+    return params, fc.get_total_flops() // 2
+
+
+def cost(net: NetCfg) -> tuple[int, int]:
+    """`(params, macs)` of `net`: the analytic `evaluators.cost.net_cost` when available."""
+    try:
+        from .cost import net_cost
+    except ImportError:
+        return model_cost(net)
+    c = net_cost(net)
+    return c.params, c.macs
+
+
+def resolve_device(name: str) -> str:
+    """`auto` -> `cuda` when available, else `cpu`; `cuda` without a GPU is a user error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use cpu or auto.")
+    return name
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    if args.dataset != "digits" and not args.data_path:
+        raise ConfigError(f"--dataset {args.dataset} needs --data-path (its data directory).")
+    data = load_data(DataCfg(name=args.dataset, path=args.data_path, seed=args.seed,
+                             subset=args.subset, resolution=args.resolution), device)
+    net = load_arch(args.arch, classes=data.classes, in_chans=data.in_chans,
+                    input_size=data.input_size)
+    params, macs = cost(net)
+    out: dict[str, Any] = {"name": net.name or None, "archid": net.archid, "arch": net.encode(),
+                           "dataset": data.name, "device": device, "params": params, "macs": macs}
+    if args.proxies:
+        out["proxies"] = compute_proxies(net, data, PROXIES, device=device, seed=args.seed)
+    if args.epochs > 0:
+        tcfg = TrainCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        res = train(net, data, tcfg, device=device)
+        out.update(accuracy=res.accuracy, status=res.status, epochs=res.epochs,
+                   history=res.history, train_s=res.wall_s, images_per_s=res.images_per_s)
+        if res.reason:
+            out["reason"] = res.reason
+    if args.latency:
+        lat = measure_latency(net, LatencyCfg(batch_size=args.latency_batch), device)
+        out.update(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms,
+                   latency_device=lat.device_name, latency_batch=lat.batch_size)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"{net.name or 'architecture'}  (archid {net.archid})  on {data.describe()}, {device}")
+    print(f"params {params:,}   MACs {macs:,}")
+    if "accuracy" in out:
+        hist = " ".join(f"{a:.3f}" for a in out["history"])
+        print(f"accuracy {out['accuracy']:.4f} after {out['epochs']} epoch(s) [{out['status']}] "
+              f"in {out['train_s']:.1f} s ({out['images_per_s']:.0f} images/s); per epoch: {hist}")
+        if out.get("reason"):
+            print(f"  reason: {out['reason']}")
+    if args.latency:
+        print(f"latency {out['latency_ms']:.3f} ms (IQR {out['latency_iqr_ms']:.3f} ms) at batch "
+              f"{out['latency_batch']} on {out['latency_device']}")
+    if args.proxies:
+        print("proxies " + "  ".join(f"{k} {v:.4g}" for k, v in out["proxies"].items()))
+    return 0
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _pos_int(text: str) -> int:
+    v = _nonneg_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `evaluate` to the `shiftnas` command line."""
+    s = subparsers.add_parser("evaluate", help="train one architecture and report its metrics")
+    s.add_argument("arch", help="a preset name, an architecture .yaml file or a network string")
+    s.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="data set (default digits, bundled with scikit-learn)")
+    s.add_argument("--data-path", help="data directory (cifar10, cifar100, imagefolder)")
+    s.add_argument("--epochs", type=_nonneg_int, default=5,
+                   help="training epochs (default 5; 0 = no training)")
+    s.add_argument("--batch-size", type=_pos_int, default=128, help="training batch (default 128)")
+    s.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    s.add_argument("--subset", type=_pos_int, help="at most this many training images")
+    s.add_argument("--resolution", type=_pos_int, help="resize the images to this size")
+    s.add_argument("--latency", action="store_true", help="also measure latency")
+    s.add_argument("--latency-batch", type=_pos_int, default=1, help="latency batch (default 1)")
+    s.add_argument("--proxies", action="store_true", help="also compute zero-cost proxies")
+    s.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
+    s.add_argument("--seed", type=int, default=0, help="split, initialisation and batch order")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=run_evaluate)

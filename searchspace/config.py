@@ -1,0 +1,74 @@
+"""Strict configuration dataclasses from plain mappings (budget-file sections and the like).
+
+A config class is a frozen dataclass whose `__post_init__` checks each field
+with `check(ok, name, rule, value)`; `cfg_from_dict(cls, mapping, where)`
+rejects unknown keys and turns a broken rule into one `ConfigError` naming
+`where.field`, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from ._errors import ConfigError
+
+__all__ = ["FieldError", "check", "is_int", "is_num", "cfg_from_dict"]
+
+
+class FieldError(ConfigError):
+    """A config field broke its rule; `from_dict` prefixes the field's path."""
+
+    def __init__(self, name: str, rule: str, value: Any):
+        self.name, self.rule, self.value = name, rule, value
+        super().__init__(f"`{name}` {rule}, got {value!r}.")
+
+
+def check(ok: bool, name: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise FieldError(name, rule, value)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _coerce(tp: Any, v: Any) -> Any:
+    """YAML spells `1e-3` as a string and `1` as an int: accept both for float fields."""
+    if isinstance(v, str) and tp is float:
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    if is_int(v) and tp is float:
+        return float(v)
+    return v
+
+
+def cfg_from_dict(cls: type, d: Any, where: str) -> Any:
+    """Build the frozen dataclass `cls` from a mapping; every error names `where.field`.
+
+    Unknown keys are errors (with the allowed keys listed); values are checked
+    by the class's `__post_init__`.
+    """
+    if d is None:
+        d = {}
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: must be a mapping of {cls.__name__} fields, "
+                          f"got {type(d).__name__}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for k in d:
+        if k not in fields:
+            raise ConfigError(f"{where}.{k}: unknown key; allowed: {sorted(fields)}.")
+    kw = {k: _coerce(hints.get(k), v) for k, v in d.items()}
+    try:
+        return cls(**kw)
+    except FieldError as exc:
+        raise ConfigError(f"{where}.{exc.name}: {exc.rule}, got {exc.value!r}.") from None

@@ -1,0 +1,60 @@
+"""`shiftnas evaluate`: the JSON report, the text report, and user errors (exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from evaluators import commands
+from evaluators.commands import cost, model_cost
+from searchspace import ConfigError, create_preset
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shiftnas")
+    commands.register(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def test_evaluate_json(capsys):
+    args = _parser().parse_args(["evaluate", "shiftresnet20_e1", "--epochs", "1", "--latency",
+                                 "--proxies", "--device", "cpu", "--json", "--subset", "256"])
+    assert args.func is commands.run_evaluate
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    net = create_preset("shiftresnet20_e1", classes=10, in_chans=1, input_size=8)
+    assert out["archid"] == net.archid and out["dataset"] == "digits"
+    assert out["params"] == cost(net)[0] and out["macs"] == cost(net)[1]
+    assert 0 <= out["accuracy"] <= 1 and out["status"] == "ok" and out["epochs"] == 1
+    assert out["latency_ms"] > 0
+    assert set(out["proxies"]) == {"synflow", "naswot", "grad_norm", "snip"}
+
+
+def test_evaluate_text(capsys):
+    args = _parser().parse_args(["evaluate", "resnet20", "--epochs", "0", "--device", "cpu"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "params" in text and "accuracy" not in text
+
+
+def test_model_cost_matches_the_spec():
+    net = create_preset("shiftresnet20_e3")
+    assert model_cost(net) == (95_642, 16_433_792)  # SHIFT_SPEC.md section 6
+
+
+def test_user_errors():
+    p = _parser()
+    with pytest.raises(ConfigError, match="needs --data-path"):
+        args = p.parse_args(["evaluate", "resnet20", "--dataset", "cifar10"])
+        args.func(args)
+    with pytest.raises(ConfigError, match="does not exist"):
+        args = p.parse_args(["evaluate", "resnet20", "--dataset", "cifar10", "--data-path", "/nope"])
+        args.func(args)
+
+
+def test_cli_main_exit_code(capsys):
+    cli = pytest.importorskip("nas.cli")
+    assert cli.main(["evaluate", "resnet20", "--dataset", "cifar100", "--data-path", "/nope"]) == 2
+    assert "cifar100 directory /nope does not exist" in capsys.readouterr().err

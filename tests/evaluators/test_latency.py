@@ -1,0 +1,154 @@
+"""Latency: BN folding, timing statistics, the cache, the device lock, the block table."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from evaluators import BlockLatencyTable, LatencyCfg, device_lock, fold_bn, measure_latency
+from evaluators.latency import BiasAdd
+from searchspace import ConfigError, build_model, create_preset, decode_net
+
+FAST = dict(warmup=1, repeats=5)
+
+
+def _randomise_bn(model: nn.Module) -> None:
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 2 - 1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+NETS = [
+    "cifar-conv3x3-w16-c3-n10-i16|16:csc-fixed-8c-e3-s1|32:csc-fixed-8c-e1-s2-dconv",
+    "cifar-conv3x3-w16-c3-n10-i16|16:csc-active-8c-grid-e2-s1|32:csc-sparse-4c-grid-e1-s2-davgpool",
+    "cifar-conv3x3_nobn-w16-c3-n10-i16|16:asl_preact-active-uniform-e1-s1|32:asl_preact-fixed-8c-e1-s2-dshift",
+    "cifar-conv3x3-w16-c3-n10-i16|32:bottleneck3-fixed-8c-multi-e1-s1|64:bottleneck3-fixed-4c-multi-e0.5-s2-dshift",
+    "cifar-conv3x3-w16-c3-n10-i16|16:basic-s1|32:basic-s2-dconv|32:csc-dwconv3x3-e2-s1",
+    "imagenet-conv7x7s2_maxpool-w16-c3-n10-i32|32:bottleneck3-fixed-4c-single-e1-s2-davgpool",
+]
+
+
+@pytest.mark.parametrize("arch", NETS, ids=lambda s: s.split("|")[1].split("-")[0].split(":")[1])
+def test_fold_bn_keeps_the_function(arch):
+    net = decode_net(arch)
+    torch.manual_seed(0)
+    model = build_model(net)
+    _randomise_bn(model)
+    model.eval()
+    folded = fold_bn(model)
+    x = torch.randn(3, net.in_chans, net.input_size, net.input_size)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-5)
+    # Only pre-activation BNs (asl_preact's bn0 and its head) may remain.
+    left = {n.rsplit(".", 1)[-1] for n, m in folded.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert left <= {"bn0", "head_norm"}
+    if "asl_preact" not in arch:
+        assert not left
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
+
+
+def test_fold_bn_keeps_fused_convolutions_bias_free():
+    model = build_model(decode_net(NETS[0]))
+    folded = fold_bn(model)
+    blk = folded.stages[0][0]
+    assert blk.conv2.bias is None and isinstance(blk.bn2, BiasAdd)  # reads a fixed shift
+    assert blk.conv1.bias is not None and isinstance(blk.bn1, nn.Identity)
+
+
+def test_measure_latency_statistics_and_cache(tmp_path):
+    net = create_preset("shiftresnet20_e1", input_size=8)
+    cfg = LatencyCfg(**FAST, cache=str(tmp_path / "lat.json"))
+    threads = torch.get_num_threads()
+    r = measure_latency(net, cfg)
+    assert torch.get_num_threads() == threads  # restored
+    assert not r.cached and r.runs == 5 and r.batch_size == 1 and r.dtype == "float32"
+    assert 0 < r.p25_ms <= r.median_ms <= r.p75_ms and r.iqr_ms == pytest.approx(r.p75_ms - r.p25_ms)
+    assert r.torch_version == torch.__version__ and r.backend == "eager"
+    again = measure_latency(net, cfg)
+    assert again.cached and again.median_ms == r.median_ms
+    stored = json.loads((tmp_path / "lat.json").read_text())
+    assert len(stored) == 1 and net.archid in next(iter(stored))
+    other = measure_latency(net, cfg, batch_size=2)
+    assert not other.cached and other.batch_size == 2
+    # A module built by build_model carries its genome: same cache entry.
+    assert measure_latency(build_model(net), cfg).cached
+
+
+def test_module_without_genome_needs_a_shape():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    with pytest.raises(ConfigError, match="input_shape"):
+        measure_latency(m, LatencyCfg(**FAST))
+    r = measure_latency(m, LatencyCfg(**FAST), input_shape=(3, 8, 8))
+    assert r.median_ms > 0
+
+
+def test_device_lock_is_exclusive(tmp_path):
+    path = tmp_path / "dev.lock"
+    with device_lock("cpu", path):
+        fd = os.open(path, os.O_RDWR)  # a second open file description, as another process has
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+    os.close(fd)
+
+
+def test_default_lock_lives_in_the_cache_dir(tmp_path):
+    with device_lock("cpu"):
+        pass
+    assert (tmp_path / "cache" / "cpu.lock").exists()  # SHIFTNAS_CACHE, set by conftest
+
+
+def test_block_table_measures_each_part_once(tmp_path):
+    a = decode_net("cifar-conv3x3-w16-c3-n10-i8|16:csc-fixed-8c-e1-s1*2|32:csc-fixed-8c-e1-s2-dconv")
+    b = decode_net("cifar-conv3x3-w16-c3-n10-i8|16:csc-fixed-8c-e1-s1*2|32:basic-s2-dconv")
+    cfg = LatencyCfg(**FAST)
+    table = BlockLatencyTable(cfg, path=tmp_path / "blocks.json")
+    assert [k for k, _ in table.parts(a)][1] == "block:csc-fixed-8c-e1-s1:16->16"
+    pa = table.predict(a)
+    assert pa > 0 and table.measured == 4  # stem, the s1 block (twice, measured once), s2, head
+    table.predict(b)
+    assert table.measured == 5  # only basic-s2 is new
+    fresh = BlockLatencyTable(cfg, path=tmp_path / "blocks.json")
+    assert fresh.predict(a) == pytest.approx(pa) and fresh.measured == 0
+    err = table.predictor_error([a, b])
+    assert err["n"] == 2 and err["mean_abs_pct"] >= 0 and 0 <= err["within_10pct"] <= 1
+    assert {"archid", "predicted_ms", "measured_ms"} <= set(err["rows"][0])
+    exact = table.predictor_error([a], measured=[table.predict(a)])
+    assert exact["mean_abs_pct"] == 0 and exact["within_10pct"] == 1
+
+
+def test_latencycfg_from_dict_strict():
+    c = LatencyCfg.from_dict({"batch_size": [1, 8], "repeats": 20})
+    assert c.batch_sizes == (1, 8)
+    with pytest.raises(ConfigError, match=r"budget\.latency\.repeat: unknown key; allowed"):
+        LatencyCfg.from_dict({"repeat": 3}, "budget.latency")
+    with pytest.raises(ConfigError, match=r"latency\.dtype: must be one of"):
+        LatencyCfg.from_dict({"dtype": "int8"})
+    with pytest.raises(ConfigError, match=r"latency\.batch_size: must be an integer >= 1"):
+        LatencyCfg.from_dict({"batch_size": [1, 0]})
+    with pytest.raises(ConfigError, match="cudagraph"):
+        measure_latency(create_preset("resnet20", input_size=8), LatencyCfg(backend="cudagraph",
+                                                                            **FAST))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["eager", "cudagraph"])
+def test_cuda_latency(backend):
+    net = create_preset("shiftresnet20_e3")
+    r = measure_latency(net, LatencyCfg(backend=backend, dtype="float16", warmup=5, repeats=20),
+                        "cuda")
+    assert r.median_ms > 0 and r.device_name == torch.cuda.get_device_name()
