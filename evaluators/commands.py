@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from searchspace import ConfigError, NetCfg, build_model, load_arch
+from searchspace.config import int_arg
 
 from .datasets import DATASETS, DataCfg, load_data
 from .latency import LatencyCfg, measure_latency
@@ -100,23 +101,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _pos_int(text: str) -> int:
-    v = _nonneg_int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `evaluate` to the `shiftnas` command line."""
     s = subparsers.add_parser("evaluate", help="train one architecture and report its metrics")
@@ -124,14 +108,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--dataset", choices=DATASETS, default="digits",
                    help="data set (default digits, bundled with scikit-learn)")
     s.add_argument("--data-path", help="data directory (cifar10, cifar100, imagefolder)")
-    s.add_argument("--epochs", type=_nonneg_int, default=5,
+    s.add_argument("--epochs", type=int_arg(0), default=5,
                    help="training epochs (default 5; 0 = no training)")
-    s.add_argument("--batch-size", type=_pos_int, default=128, help="training batch (default 128)")
+    s.add_argument("--batch-size", type=int_arg(1), default=128, help="training batch (default 128)")
     s.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
-    s.add_argument("--subset", type=_pos_int, help="at most this many training images")
-    s.add_argument("--resolution", type=_pos_int, help="resize the images to this size")
+    s.add_argument("--subset", type=int_arg(1), help="at most this many training images")
+    s.add_argument("--resolution", type=int_arg(1), help="resize the images to this size")
     s.add_argument("--latency", action="store_true", help="also measure latency")
-    s.add_argument("--latency-batch", type=_pos_int, default=1, help="latency batch (default 1)")
+    s.add_argument("--latency-batch", type=int_arg(1), default=1, help="latency batch (default 1)")
     s.add_argument("--proxies", action="store_true", help="also compute zero-cost proxies")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
     s.add_argument("--seed", type=int, default=0, help="split, initialisation and batch order")

@@ -17,15 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from evaluators.datasets import DataCfg
 from evaluators.latency import LatencyCfg
 from evaluators.proxies import PROXIES
 from evaluators.training import TrainCfg
 from results.store import Constraint, Objective
 from searchspace import ConfigError, ShiftNASError, Space, load_space
-from searchspace.config import FieldError, cfg_from_dict, is_int, is_num
+from searchspace.config import FieldError, cfg_from_dict, is_int, is_num, read_yaml
 from searchspace.config import check as _rule
 
 ENGINES = ("optuna", "ray")
@@ -284,14 +282,7 @@ def _check_budget(b: Budget) -> None:
 
 def load_budget(path: str | Path, *, trials: int | None = None, workers: int | None = None) -> Budget:
     """Read and check a budget file; `trials` / `workers` override the file (CLI flags)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"budget file {str(path)!r} does not exist; `examples/quickstart.yaml` "
-                          f"is a working example.")
-    try:
-        d = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"budget file {p}: not valid YAML ({exc}).") from None
-    b = budget_from_dict(d, where=f"{p}: budget")
+    d = read_yaml(path, "budget file")
+    b = budget_from_dict(d, where=f"{path}: budget")
     over = {k: v for k, v in (("trials", trials), ("workers", workers)) if v is not None}
     return dataclasses.replace(b, **over) if over else b

@@ -24,6 +24,7 @@ from searchspace import (
     save_arch,
     validate,
 )
+from searchspace.config import int_arg
 from searchspace.space import sample_random
 
 
@@ -139,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="params, MACs, memory traffic and a per-stage table")
     s.add_argument("arch", help="a preset name, an architecture .yaml file or a network string")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--classes", type=_positive_int, help="classifier outputs")
-    s.add_argument("--input-size", type=_positive_int, help="input resolution")
-    s.add_argument("--in-chans", type=_positive_int, help="input channels")
+    s.add_argument("--classes", type=int_arg(1), help="classifier outputs")
+    s.add_argument("--input-size", type=int_arg(1), help="input resolution")
+    s.add_argument("--in-chans", type=int_arg(1), help="input channels")
     s.add_argument("--dtype-bytes", type=int, choices=(1, 2, 4, 8), default=4,
                    help="element size for memory traffic (4 = fp32)")
     s.add_argument("--layers", action="store_true", help="also list every layer")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw architectures from a space file")
     s.add_argument("space", help="a space .yaml file or a built-in space name (cifar_shift)")
-    s.add_argument("--n", type=_positive_int, default=5, help="how many (default 5)")
+    s.add_argument("--n", type=int_arg(1), default=5, help="how many (default 5)")
     s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     s.add_argument("--out", help="write one architecture file per sample into this folder")
     s.set_defaults(func=cmd_sample)
@@ -163,16 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         mod.register(sub)
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from searchspace import ConfigError, ShiftNASError
+from searchspace.config import int_arg
 
 from .budget import Budget, load_budget
 
@@ -111,21 +112,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("budget", help="the budget .yaml file (see examples/budget-reference.yaml)")
     s.add_argument("--resume", action="store_true",
                    help="continue an existing run (rerunning the same budget does too)")
-    s.add_argument("--workers", type=_positive, help="parallel trial processes (overrides the file)")
-    s.add_argument("--trials", type=_positive, help="trial budget (overrides the file)")
+    s.add_argument("--workers", type=int_arg(1), help="parallel trial processes (overrides the file)")
+    s.add_argument("--trials", type=int_arg(1), help="trial budget (overrides the file)")
     s.set_defaults(func=cmd_search)
 
     s = sub.add_parser("status", help="progress of a run and its current front")
     s.add_argument("run_dir", help="a run directory (out_dir/name)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_status)
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from ._errors import ArchError
+from .config import read_yaml
 from .genome import NetCfg, archid, decode_net, validate
 from .presets import create_preset, is_preset
 
@@ -68,15 +69,7 @@ def load_arch(spec: str | Path, *, classes: int | None = None, input_size: int |
     if is_preset(spec):
         net = create_preset(spec)
     elif spec.endswith((".yaml", ".yml")) or Path(spec).is_file():
-        p = Path(spec)
-        if not p.is_file():
-            raise ArchError(f"architecture file {spec!r} does not exist (nor is it a preset; "
-                            f"`shiftnas presets` lists them).")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ArchError(f"architecture file {spec}: not valid YAML ({exc}).") from None
-        net = arch_from_dict(data, spec)
+        net = arch_from_dict(read_yaml(spec, "architecture file", ArchError), spec)
     elif "|" in spec:
         net = decode_net(spec)
     else:

@@ -8,14 +8,18 @@ rejects unknown keys and turns a broken rule into one `ConfigError` naming
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from ._errors import ConfigError
+import yaml
 
-__all__ = ["FieldError", "check", "is_int", "is_num", "cfg_from_dict"]
+from ._errors import ConfigError, ShiftNASError
+
+__all__ = ["FieldError", "check", "is_int", "is_num", "cfg_from_dict", "read_yaml", "int_arg"]
 
 
 class FieldError(ConfigError):
@@ -72,3 +76,27 @@ def cfg_from_dict(cls: type, d: Any, where: str) -> Any:
         return cls(**kw)
     except FieldError as exc:
         raise ConfigError(f"{where}.{exc.name}: {exc.rule}, got {exc.value!r}.") from None
+
+
+def read_yaml(path: str | Path, what: str, error: type[ShiftNASError] = ConfigError) -> Any:
+    """Parse the YAML file `path`; a missing file or bad YAML is one line of `error`."""
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} {str(path)!r} does not exist{' (it is a directory)' if p.is_dir() else ''}.")
+    try:
+        return yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {p}: not valid YAML ({' '.join(str(exc).split())}).") from None
+
+
+def int_arg(minimum: int = 1) -> Callable[[str], int]:
+    """An argparse `type=` accepting integers >= `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {v}")
+        return v
+    return parse

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ._errors import SpaceError
+from .config import read_yaml
 from .genome import (
     DOWNS,
     FAMILIES,
@@ -132,11 +132,7 @@ def load_space(src: str | Path | Mapping, *, where: str = "space") -> Space:
         builtin = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
         raise SpaceError(f"space file {str(src)!r} does not exist; give a YAML path or one of "
                          f"the built-in spaces {builtin}.")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"space file {path}: not valid YAML ({exc}).") from None
-    return _parse(data, str(path))
+    return _parse(read_yaml(path, "space file", SpaceError), str(path))
 
 
 def _err(where: str, msg: str) -> SpaceError:
