@@ -292,7 +292,10 @@ def parse_pick(expr: str) -> tuple[str, str, list[tuple[str, str, float]]]:
 
 
 def select_trial(run: Run, expr: str) -> TrialRecord:
-    """The feasible complete trial that `expr` (the `--pick` grammar) selects; lowest number on ties."""
+    """The feasible complete trial that `expr` (the `--pick` grammar) selects.
+
+    Ties go to the trial with the better non-dominated rank, then the lowest number.
+    """
     sense, metric, conds = parse_pick(expr)
     pool = [t for t in run.candidates() if t.metric(metric) is not None
             and all(t.metric(k) is not None and _OPS[op](t.metric(k), v) for k, op, v in conds)]
@@ -302,4 +305,12 @@ def select_trial(run: Run, expr: str) -> TrialRecord:
                           f"({len(run.candidates())} feasible complete trials; their metrics: "
                           f"{known}).")
     sign = -1.0 if sense == "max" else 1.0
-    return min(pool, key=lambda t: (sign * t.metric(metric), t.number))  # type: ignore[operator]
+    # On a tie, prefer the trial that is better on the run's objectives (a lower
+    # non-dominated rank), so a tie never picks a dominated trial; then the lowest number.
+    from .pareto import nondominated_ranks
+
+    objs = [o for o in run.objectives if all(t.metric(o.name) is not None for t in pool)]
+    ranks = (nondominated_ranks([[o.sign * t.metric(o.name) for o in objs] for t in pool])
+             if objs else [0] * len(pool))
+    rank = {t.number: int(r) for t, r in zip(pool, ranks)}
+    return min(pool, key=lambda t: (sign * t.metric(metric), rank[t.number], t.number))  # type: ignore[operator]

@@ -159,3 +159,14 @@ def test_cli_dashboard(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails
     with pytest.raises(ConfigError, match=r"pip install 'shiftnas\[dashboard\]'"):
         _cli("dashboard", str(run_dir))
+
+
+def test_pick_breaks_ties_towards_the_front(tmp_path):
+    trials = [
+        dict(number=0, state="complete", metrics={"accuracy": 0.99, "latency_ms": 3.0}),
+        dict(number=1, state="complete", metrics={"accuracy": 0.99, "latency_ms": 1.0}),
+        dict(number=2, state="complete", metrics={"accuracy": 0.99, "latency_ms": 1.0}),
+    ]
+    run = load_run(make_run(tmp_path, trials))
+    # Trial 0 ties on accuracy but is dominated by 1; 1 and 2 are equal: the lower number wins.
+    assert select_trial(run, "max accuracy").number == 1
