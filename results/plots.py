@@ -143,7 +143,9 @@ def plot_pareto(run: Run, front: Front, path: str | Path) -> Path:
     ax.set_title(f"{run.name}: {len(front.trials)} of {len(front.candidates)} feasible complete "
                  f"trials on the front{more}", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    # Below the axes, never over a point (inside, "best" still covered trials).
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=8,
+               ncols=2, frameon=False)
     return _save(fig, path)
 
 
@@ -198,7 +200,7 @@ def plot_hypervolume(run: Run, front: Front, path: str | Path) -> Path:
             ax.scatter(gx, gy, s=18, color="#08306b", zorder=3, label="front improved")
             ax.legend(fontsize=8, loc="lower right")
     ref = ", ".join(f"{o.name}={v:.4g}" for o, v in zip(front.objectives, front.reference or ()))
-    ax.set_title(f"{run.name}: hypervolume over trials (reference {ref}; maximised objectives "
+    ax.set_title(f"{run.name}: hypervolume over trials\nreference {ref} (maximised objectives "
                  f"negated)", fontsize=9)
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume")
