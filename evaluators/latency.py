@@ -479,6 +479,7 @@ class BlockLatencyTable:
         self._store = _JsonCache(path)
         self._mem: dict[str, float] = {}
         self.measured = 0  # parts measured (not found in the table) by this object
+        self.scale = 1.0  # whole network / sum of its parts, from `calibrate` (1 = raw sum)
 
     def parts(self, net: NetCfg) -> list[tuple[str, tuple[int, int, int]]]:
         """`(key, input shape (C, H, W))` of the stem, every block and the head, in order."""
@@ -520,8 +521,28 @@ class BlockLatencyTable:
         return self._mem[full]
 
     def predict(self, net: NetCfg) -> float:
-        """Predicted milliseconds: stem + blocks + head, measuring parts not yet in the table."""
+        """Predicted milliseconds: `scale` x (stem + blocks + head), measuring parts not yet known."""
+        return self.scale * self._sum(net)
+
+    def _sum(self, net: NetCfg) -> float:
         return sum(self._part_ms(net, i, k, shape) for i, (k, shape) in enumerate(self.parts(net)))
+
+    def calibrate(self, nets: Sequence[NetCfg], measured: Sequence[float] | None = None) -> float:
+        """Fit `scale`, the median ratio of measured to summed latency over `nets`; return it.
+
+        Parts timed alone run with their inputs in cache and without the
+        network's other layers in between, so the raw sum is biased low by a
+        roughly constant factor on a given device; one ratio corrects most of it.
+        """
+        ratios = []
+        for i, net in enumerate(nets):
+            meas = measured[i] if measured is not None else measure_latency(
+                net, self.cfg, self.device, batch_size=self.batch).median_ms
+            ratios.append(meas / self._sum(net))
+        ratios.sort()
+        mid = len(ratios) // 2
+        self.scale = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+        return self.scale
 
     def predictor_error(self, nets: Sequence[NetCfg],
                         measured: Sequence[float] | None = None) -> dict[str, Any]:

@@ -131,6 +131,16 @@ def test_block_table_measures_each_part_once(tmp_path):
     assert exact["mean_abs_pct"] == 0 and exact["within_10pct"] == 1
 
 
+def test_block_table_calibration_is_the_median_ratio(tmp_path):
+    cfg = LatencyCfg(warmup=1, repeats=3, lock=None)
+    table = BlockLatencyTable(cfg, path=tmp_path / "blocks.json")
+    nets = [create_preset(n, input_size=8) for n in ("resnet20", "shiftresnet20_e1", "shiftresnet20_e3")]
+    raw = [table.predict(n) for n in nets]
+    measured = [1.1 * raw[0], 1.3 * raw[1], 2.0 * raw[2]]  # ratios 1.1, 1.3, 2.0: median 1.3
+    assert table.calibrate(nets, measured) == pytest.approx(1.3)
+    assert table.predict(nets[0]) == pytest.approx(1.3 * raw[0])
+
+
 def test_latencycfg_from_dict_strict():
     c = LatencyCfg.from_dict({"batch_size": [1, 8], "repeats": 20})
     assert c.batch_sizes == (1, 8)
