@@ -23,9 +23,10 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
     if resume and not exists:
         raise ConfigError(f"--resume: {budget.run_dir} holds no run yet; drop --resume to start it.")
     if budget.engine == "ray":
-        from .ray_driver import run_ray, storage_note
+        from .optuna_driver import storage_url
+        from .ray_driver import run_ray
 
-        store.init(budget, storage_note(budget), resolve_device(budget.device))
+        store.init(budget, storage_url(budget), resolve_device(budget.device))
         _say(budget, store, exists)
         run_ray(budget)
     else:

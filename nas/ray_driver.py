@@ -12,6 +12,7 @@ mounts at the same path.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,6 @@ from .progress import Progress
 from .store import RunStore
 
 _EVALUATORS: dict[str, TrialEvaluator] = {}  # one per Ray worker process and run
-
-
-def storage_note(budget: Budget) -> str:
-    return storage_url(budget)
 
 
 def absolute(budget: Budget) -> Budget:
@@ -67,9 +64,16 @@ def _trainable(config: dict[str, Any], budget: Budget) -> None:
     result: dict[str, Any] = {"state": out.state, "number": config["number"],
                               "reused_from": out.reused_from, "reason": out.reason,
                               "shiftnas_metrics": out.metrics}
-    if out.state in ("complete", "infeasible"):
-        # Only finished evaluations carry objective values; the rest are pruned for Optuna.
-        result.update(zip((o.name for o in budget.objectives), out.values(budget.objectives)))
+    if out.state in ("pruned", "failed"):
+        # OptunaSearch can only tell COMPLETE from a result, and Tune requires the objective
+        # keys in every result: close the trial here as PRUNED or FAIL first, so that
+        # OptunaSearch's own tell is refused (silenced in run_ray) and the study stays right.
+        import optuna
+
+        study = optuna.load_study(study_name=budget.name, storage=storage_url(budget))
+        study.tell(config["number"], state=optuna.trial.TrialState.PRUNED
+                   if out.state == "pruned" else optuna.trial.TrialState.FAIL)
+    result.update(zip((o.name for o in budget.objectives), out.values(budget.objectives)))
     tune.report(result)
 
 
@@ -93,6 +97,7 @@ def run_ray(budget: Budget) -> None:
     space = TrialEvaluator(budget, store, "cpu").space()
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
     search = OptunaSearch(
         _DefineByRun(space), metric=[o.name for o in budget.objectives],
         mode=["max" if o.direction == "maximize" else "min" for o in budget.objectives],

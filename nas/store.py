@@ -28,9 +28,10 @@ from typing import Any
 
 import yaml
 
+from results.store import read_jsonl
 from searchspace import ConfigError, NetCfg, save_arch
 
-from .budget import Budget
+from .budget import RESUMABLE, Budget
 
 
 def now_iso() -> str:
@@ -58,9 +59,11 @@ class RunStore:
                 changed = budget.changed_fields(old)
                 raise ConfigError(
                     f"run directory {self.dir} holds a search with other settings (changed: "
-                    f"{', '.join(changed) or 'unknown'}); only {', '.join(('trials', 'time_budget', 'workers', 'export', 'onnx'))} "
-                    f"may change on resume. Give the budget another `name` to start a new run."
+                    f"{', '.join(changed) or 'unknown'}); only {', '.join(RESUMABLE)} may change "
+                    f"on resume. Give the budget another `name` to start a new run."
                 )
+            if meta.get("storage") != storage:  # `storage` may change on resume
+                self.update_meta(storage=storage)
             return True
         for sub in ("archs", "weights"):
             (self.dir / sub).mkdir(parents=True, exist_ok=True)
@@ -103,11 +106,17 @@ class RunStore:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _append(self, name: str, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with self._lock(), open(self.dir / name, "a") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        with self._lock():
+            fd = os.open(self.dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # A line cut short by an earlier kill must not swallow this one.
+                if os.fstat(fd).st_size and _last_byte(self.dir / name) != b"\n":
+                    data = b"\n" + data
+                os.write(fd, data)  # one write call: a record is never interleaved
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def record_trial(self, record: dict[str, Any]) -> None:
         self._append("trials.jsonl", record)
@@ -129,16 +138,7 @@ class RunStore:
     # -- reads ---------------------------------------------------------------
 
     def _lines(self, name: str) -> list[dict[str, Any]]:
-        path = self.dir / name
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill: that trial is simply not finished
-        return out
+        return [d for _, d in read_jsonl(self.dir / name)]
 
     def trials(self) -> dict[int, dict[str, Any]]:
         """Finished trials by number (the last record of a number wins)."""
@@ -155,6 +155,12 @@ class RunStore:
     def rung(self, epoch: int) -> dict[int, dict[str, Any]]:
         """Every trial's record at the rung `epoch` (one per trial number)."""
         return {r["number"]: r for r in self._lines("rungs.jsonl") if r["epoch"] == epoch}
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -207,6 +207,28 @@ def _parse_trial(d: Any, where: str) -> TrialRecord:
     )
 
 
+def read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """`(line number, object)` of every whole JSON line of an append-only log.
+
+    A line cut short by a crash or a kill is skipped: the last line when it
+    has no newline yet, or an earlier line that a later append followed. A
+    file with lines but none readable is an error.
+    """
+    if not path.exists():
+        return []
+    out, bad = [], None
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((lineno, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            bad = bad or (lineno, exc)
+    if bad and not out:
+        raise ConfigError(f"{path}:{bad[0]}: not valid JSON ({bad[1]}).")
+    return out
+
+
 def load_run(run_dir: str | Path) -> Run:
     """Read a run directory; raise `ConfigError` naming the missing or malformed part."""
     path = Path(run_dir)
@@ -241,17 +263,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not trials_path.is_file():
         raise ConfigError(f"{path} has no trials.jsonl; expected {expected}.")
     last: dict[int, TrialRecord] = {}
-    text = trials_path.read_text()
-    lines = text.split("\n")
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if lineno == len(lines) and not text.endswith("\n"):
-                break  # a line the driver is still writing
-            raise ConfigError(f"{trials_path}:{lineno}: not valid JSON ({exc}).") from None
+    for lineno, d in read_jsonl(trials_path):
         rec = _parse_trial(d, f"{trials_path}:{lineno}")
         last[rec.number] = rec
     return Run(

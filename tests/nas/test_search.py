@@ -213,9 +213,15 @@ def test_workers_share_one_storage(tmp_path):
 
 def test_ray_engine_writes_the_same_run_directory(tmp_path):
     ray = pytest.importorskip("ray")
-    d = budget_dict(tmp_path, engine="ray", trials=3, workers=2, ray={"num_cpus": 2})
+    expect = {"complete": "COMPLETE", "infeasible": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
     try:
+        d = budget_dict(tmp_path, engine="ray", trials=3, workers=2, ray={"num_cpus": 2})
         run_dir = run_search(budget_from_dict(d))
+        # A diverging learning rate fails every trained trial, in whichever process it runs.
+        d2 = budget_dict(tmp_path, name="t2", engine="ray", trials=3, workers=2,
+                         ray={"num_cpus": 2}, constraints=["params <= 20000"],
+                         train={"epochs": 2, "batch_size": 30, "lr": 1e30, "precise_bn": 0})
+        run_dir2 = run_search(budget_from_dict(d2))
     finally:
         ray.shutdown()
     recs = records(run_dir)
@@ -223,6 +229,14 @@ def test_ray_engine_writes_the_same_run_directory(tmp_path):
     assert all(r["engine"] == "ray" and r["state"] == "complete" for r in recs.values())
     assert json.loads((run_dir / "run.json").read_text())["engine"] == "ray"
     assert (run_dir / "report.md").exists() and (run_dir / "export" / "model.py").exists()
+    recs2 = records(run_dir2)
+    assert "failed" in {r["state"] for r in recs2.values()}
+    for name, rs in (("t", recs), ("t2", recs2)):
+        study = optuna.load_study(study_name=name,
+                                  storage=f"sqlite:///{tmp_path / 'runs' / name / 'study.db'}")
+        # No trial left RUNNING; each study state matches the run directory's record.
+        assert {t.number: t.state.name for t in study.trials} == {
+            n: expect[r["state"]] for n, r in rs.items()}
 
 
 def test_optuna_dashboard_sees_the_study(tmp_path):
@@ -239,3 +253,16 @@ def test_optuna_dashboard_sees_the_study(tmp_path):
     assert status[0].startswith("200")
     studies = json.loads(body)["study_summaries"]
     assert [s["study_name"] for s in studies] == ["t"]
+
+
+def test_a_record_cut_short_by_a_kill_does_not_hide_later_ones(tmp_path):
+    from results.store import load_run
+
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=2,
+                                                      objectives=["params", "macs"])))
+    with open(run_dir / "trials.jsonl", "a") as fh:
+        fh.write('{"number": 99, "sta')  # what a kill in the middle of a write leaves
+    store = RunStore(run_dir)
+    store.record_trial({**store.trials()[0], "number": 100})
+    assert sorted(store.trials()) == [0, 1, 100]
+    assert [t.number for t in load_run(run_dir).trials] == [0, 1, 100]
