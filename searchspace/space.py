@@ -71,6 +71,10 @@ class Choice:
     per: str = "block"  # block | stage | network
 
 
+# What a space that says nothing about a block field means: the genome's default, fixed.
+_BASE_BLOCK = {k: Choice((v,), "network") for k, v in _DEFAULT_BLOCK.items()}
+
+
 @dataclass(frozen=True)
 class StageSpace:
     depth: tuple[int, ...]  # allowed block counts
@@ -84,6 +88,7 @@ class Space:
     """A parsed search space; build one with `load_space`."""
 
     stages: tuple[StageSpace, ...]
+    block: Mapping[str, Choice] = dataclasses.field(default_factory=dict)  # top-level choices
     name: str = "space"
     skeleton: str = "cifar"
     stem: str = "conv3x3"
@@ -104,8 +109,10 @@ class Space:
             "name": self.name, "skeleton": self.skeleton, "stem": self.stem,
             "stem_width": list(self.stem_width), "in_chans": self.in_chans,
             "classes": self.classes, "input_size": self.input_size,
+            "block": {k: ch(v) for k, v in self.block.items() if v != _BASE_BLOCK[k]},
             "stages": [{"depth": list(s.depth), "width": list(s.width), "stride": s.stride,
-                        "block": {k: ch(v) for k, v in s.block.items()}} for s in self.stages],
+                        "block": {k: ch(v) for k, v in s.block.items()
+                                  if v != self.block.get(k)}} for s in self.stages],
         }
 
 
@@ -197,8 +204,7 @@ def _parse(d: Any, where: str) -> Space:
             _int_list(d[k], f"{where}.{k}")
             if isinstance(d[k], list):
                 raise _err(f"{where}.{k}", f"must be a single integer, got {d[k]!r}.")
-    base = {k: Choice((v,), "network") for k, v in _DEFAULT_BLOCK.items()}
-    block = _block_choices(d.get("block"), f"{where}.block", base)
+    block = _block_choices(d.get("block"), f"{where}.block", _BASE_BLOCK)
     stages_in = d.get("stages")
     if not isinstance(stages_in, list) or not stages_in:
         raise _err(f"{where}.stages", "must be a non-empty list of stages.")
@@ -221,7 +227,7 @@ def _parse(d: Any, where: str) -> Space:
                                  _block_choices(s.get("block"), f"{w}.block", block)))
     defaults = NetCfg.__dataclass_fields__
     return Space(
-        stages=tuple(stages), name=str(d.get("name", Path(where).stem)),
+        stages=tuple(stages), block=block, name=str(d.get("name", Path(where).stem)),
         skeleton=d.get("skeleton", "cifar"), stem=d.get("stem", "conv3x3"),
         stem_width=_int_list(d.get("stem_width", defaults["stem_width"].default),
                              f"{where}.stem_width"),
@@ -263,7 +269,10 @@ def sample_with(space: Space, suggest: Suggest) -> NetCfg:
 
     def field(i: int, j: int, key: str, values: tuple | None = None, tag: str = "") -> Any:
         ch = space.stages[i].block[key]
-        scope = {"block": f"s{i}.b{j}.", "stage": f"s{i}.", "network": ""}[ch.per]
+        per = ch.per
+        if per == "network" and space.block and ch != space.block.get(key):
+            per = "stage"  # a stage's own override is shared within that stage only
+        scope = {"block": f"s{i}.b{j}.", "stage": f"s{i}.", "network": ""}[per]
         return pick(f"{scope}{key}{tag}", ch.values if values is None else values)
 
     stem_width = pick("stem_width", space.stem_width)

@@ -105,3 +105,22 @@ def test_space_file_errors(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"stages": [{"depth": [1, 2], "width": [32, 48]}]}))
     assert load_space(good).stages[0].width == (32, 48)
+
+
+def test_stage_override_of_a_network_choice_stays_in_its_stage():
+    sp = load_space({
+        "stem_width": 16,
+        "stages": [{"depth": 1, "width": 16},
+                   {"depth": 2, "width": 32, "block": {"kind": {"choices": ["fixed", "active"],
+                                                                 "per": "network"}}}],
+        "block": {"family": "csc", "kind": {"choices": ["sparse", "dwconv3x3"], "per": "network"}},
+    })
+    assert load_space(sp.to_dict()) == sp
+    seen = set()
+    for seed in range(40):
+        net = sample_random(sp, seed)
+        assert net.stages[0].blocks[0].kind in ("sparse", "dwconv3x3")
+        kinds = {b.kind for b in net.stages[1].blocks}
+        assert len(kinds) == 1 and kinds <= {"fixed", "active"}  # shared within the stage
+        seen |= kinds
+    assert seen == {"fixed", "active"}
