@@ -134,8 +134,12 @@ class Budget:
         return json.loads(json.dumps(d, default=list))
 
     def settings_hash(self) -> str:
-        """Hash of every field that changes what a trial means (not the budget amounts)."""
+        """Hash of every field that changes what a trial means (not the budget amounts).
+
+        The space counts by its content, so editing a space file is a new search.
+        """
         d = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE}
+        d["space"] = self.load_space().to_dict()
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def changed_fields(self, other: Mapping[str, Any]) -> list[str]:
@@ -188,7 +192,7 @@ def _objectives(v: Any, where: str) -> tuple[Objective, ...]:
             raise ConfigError(f"{w}: an objective is a metric name or {{metric: NAME, direction: "
                               f"maximize|minimize}}, got {o!r}.")
         metric = o["metric"]
-        if metric not in METRICS:
+        if not isinstance(metric, str) or metric not in METRICS:
             raise ConfigError(f"{w}.metric: unknown metric {metric!r}; choose from {list(METRICS)}.")
         direction = o.get("direction", METRICS[metric])
         if direction not in ("maximize", "minimize"):
@@ -242,7 +246,18 @@ def budget_from_dict(d: Any, where: str = "budget") -> Budget:
     try:
         b.load_space()
     except ShiftNASError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{where}.space: {exc}") from None
+    if b.export is not None:
+        from results.store import parse_pick
+
+        try:
+            _, metric, conds = parse_pick(b.export)
+        except ShiftNASError as exc:
+            raise ConfigError(f"{where}.export: {exc}") from None
+        unknown = [m for m in [metric, *(c[0] for c in conds)] if m not in METRICS]
+        if unknown:
+            raise ConfigError(f"{where}.export: unknown metric {unknown[0]!r} in {b.export!r}; "
+                              f"metrics are {list(METRICS)}.")
     return b
 
 

@@ -174,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShiftNASError as exc:
         print(f"shiftnas {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be read or written: the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"shiftnas {args.command}: error: {where}{exc.strerror or exc}.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"shiftnas {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -30,8 +30,10 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
         _say(budget, store, exists)
         run_ray(budget)
     else:
-        from .optuna_driver import run_optuna, storage_url
+        from .optuna_driver import make_storage, run_optuna, storage_url
 
+        if budget.storage is not None:
+            make_storage(budget.storage)  # a bad URL fails here, before the run exists
         store.init(budget, storage_url(budget), resolve_device(budget.device))
         _say(budget, store, exists)
         run_optuna(budget)

@@ -22,7 +22,7 @@ import torch
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from searchspace import sample
+from searchspace import ConfigError, sample
 
 from .budget import Budget
 from .evaluate import TrialEvaluator
@@ -57,8 +57,13 @@ def make_storage(url: str) -> RDBStorage:
     arg, callback = _retry_callback()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, engine_kwargs=kw, heartbeat_interval=HEARTBEAT_S,
-                          grace_period=GRACE_S, **{arg: callback})
+        try:
+            return RDBStorage(url, engine_kwargs=kw, heartbeat_interval=HEARTBEAT_S,
+                              grace_period=GRACE_S, **{arg: callback})
+        except Exception as exc:  # SQLAlchemy's errors for a bad URL, driver or server
+            raise ConfigError(f"budget.storage: cannot open the Optuna storage {url!r} "
+                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                              f"check the URL, its driver and that the database is reachable.") from None
 
 
 def make_sampler(budget: Budget, seed: int, constraints: bool = True) -> optuna.samplers.BaseSampler:

@@ -13,11 +13,14 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from kernels.reference import NEIGHBOURHOODS
 
 from ._errors import ArchError
 
+MAX_E = 64  # expansion ratios above this are typos, not architectures
+MAX_REPEAT = 1000  # most blocks a `block*count` run may stand for
 FAMILIES = ("csc", "asl_preact", "bottleneck3", "basic")
 KINDS = ("fixed", "active", "sparse", "dwconv3x3", "conv3x3")
 SHIFT_KINDS = ("fixed", "active", "sparse")
@@ -57,8 +60,11 @@ def out_size(size: int, stride: int) -> int:
 
 
 def _fmt_num(v: float) -> str:
+    """Shortest exact decimal, never in exponent form (`-` separates tokens)."""
     v = float(v)
-    return str(int(v)) if v.is_integer() else repr(v)
+    if v.is_integer():
+        return str(int(v))
+    return format(Decimal(repr(v)), "f")
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,9 @@ class BlockCfg:
         _check_choice("nbhd", self.nbhd, NBHDS)
         _check_choice("init", self.init, INITS)
         _check_choice("placement", self.placement, PLACEMENTS)
-        if isinstance(self.e, bool) or not isinstance(self.e, (int, float)) or not self.e > 0:
-            raise ArchError(f"`e` must be a number > 0, got {self.e!r}.")
+        if (isinstance(self.e, bool) or not isinstance(self.e, (int, float))
+                or not 0 < self.e <= MAX_E):
+            raise ArchError(f"`e` must be a number in (0, {MAX_E}], got {self.e!r}.")
         object.__setattr__(self, "e", float(self.e))
         if self.stride not in (1, 2) or isinstance(self.stride, bool):
             raise ArchError(f"`stride` must be 1 or 2, got {self.stride!r}.")
@@ -251,7 +258,7 @@ def decode_block(s: str) -> BlockCfg:
         key = next((k for k, voc in _VOCAB.items() if t in voc), None)
         val: object = t
         if key is None:
-            m = re.fullmatch(r"e(\d+(?:\.\d+)?(?:e-?\d+)?)|s(\d+)|d(\w+)", t)
+            m = re.fullmatch(r"e(\d+(?:\.\d+)?)|s(\d+)|d(\w+)", t)
             if not m:
                 raise ArchError(f"block {s!r}: unknown token {t!r} (see decode_block's grammar).")
             if m.group(1) is not None:
@@ -328,8 +335,9 @@ def decode_net(s: str) -> NetCfg:
         blocks: list[BlockCfg] = []
         for run in m.group(2).split(","):
             code, _, n = run.partition("*")
-            if n and not n.isdigit():
-                raise ArchError(f"stage {p!r}: repeat count in {run!r} must be an integer.")
+            if n and not (n.isdigit() and 1 <= int(n) <= MAX_REPEAT):
+                raise ArchError(f"stage {p!r}: repeat count in {run!r} must be an integer "
+                                f"from 1 to {MAX_REPEAT}.")
             blocks += [decode_block(code)] * (int(n) if n else 1)
         stages.append(StageCfg(int(m.group(1)), tuple(blocks)))
     return NetCfg(

@@ -42,6 +42,7 @@ from .genome import (
     FAMILY_DOWNS,
     INITS,
     KINDS,
+    MAX_E,
     NBHDS,
     PLACEMENTS,
     SHIFT_KINDS,
@@ -168,8 +169,8 @@ def _choice(key: str, v: Any, where: str) -> Choice:
         raise _err(where, "needs at least one value.")
     for x in vals:
         if key == "e":
-            if isinstance(x, bool) or not isinstance(x, (int, float)) or x <= 0:
-                raise _err(where, f"expansion ratios must be numbers > 0, got {x!r}.")
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= MAX_E:
+                raise _err(where, f"expansion ratios must be numbers in (0, {MAX_E}], got {x!r}.")
         elif x not in BLOCK_FIELDS[key]:
             raise _err(where, f"{x!r} is not a valid {key}; allowed: {list(BLOCK_FIELDS[key])}.")
     if len(set(vals)) != len(vals):

@@ -48,10 +48,13 @@ def test_examples_parse_and_defaults_are_filled():
     ({"pruning": {"eta": 1}}, r"budget.pruning.eta: .*must be an integer >= 2"),
     ({"latency": {"repeats": -1}}, r"budget.latency.repeats"),
     ({"storage": "study.db"}, r"budget.storage: .*must be a database URL"),
-    ({"space": {"stages": []}}, r"budget.space.stages: must be a non-empty list"),
+    ({"space": {"stages": []}}, r"budget.space: budget.space.stages: must be a non-empty list"),
     ({"space": "no/such/space.yaml"}, r"space file 'no/such/space.yaml' does not exist"),
     ({"proxies": ["magic"]}, r"budget.proxies: must be a list of proxy names"),
     ({"workers": 0}, r"budget.workers: .*must be an integer >= 1"),
+    ({"objectives": [{"metric": [1]}]}, r"budget.objectives\[0\].metric: unknown metric \[1\]"),
+    ({"export": "best accuracy"}, r"budget.export: --pick 'best accuracy'"),
+    ({"export": "max speed"}, r"budget.export: unknown metric 'speed'"),
 ])
 def test_each_malformed_budget_has_its_own_error(change, match):
     with pytest.raises(ConfigError, match=match):
@@ -85,3 +88,19 @@ def test_cli_argument_errors_exit_2_without_traceback(tmp_path):
         r = subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.strip(), args
+
+
+def test_an_unreachable_storage_is_a_clear_error_before_the_run_exists(tmp_path, capsys):
+    bad = tmp_path / "b.yaml"
+    bad.write_text(yaml.safe_dump({**GOOD, "out_dir": str(tmp_path / "runs"),
+                                   "storage": "sqlite:////no/such/dir/x.db"}))
+    assert main(["search", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "budget.storage: cannot open the Optuna storage" in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "t").exists()
+
+
+def test_unwritable_paths_exit_2(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["export", "resnet20", "--out", str(tmp_path / "afile")]) == 2
+    assert "afile" in capsys.readouterr().err

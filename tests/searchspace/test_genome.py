@@ -63,7 +63,9 @@ def test_block_grammar_examples():
     ("csc-fixed-4c-8c-s1", "'nbhd' is given twice"),
     ("csc-fixed-8c-s1-dshift", "'down' is not used"),
     ("basic-s2-dshift", "`down` must be one of \\['conv'\\]"),
-    ("csc-fixed-8c-e0-s1", "`e` must be a number > 0"),
+    ("csc-fixed-8c-e0-s1", "`e` must be a number in \\(0, 64\\]"),
+    ("csc-fixed-8c-e1e400-s1", "unknown token 'e1e400'"),
+    ("csc-fixed-8c-e100-s1", "`e` must be a number in"),
 ])
 def test_bad_block_strings_say_what_is_wrong(text, match):
     with pytest.raises(ArchError, match=match):
@@ -77,6 +79,14 @@ def test_bad_network_strings():
         decode_net("cifar-conv9x9-w16-c3-n10-i32|16:basic-s1")
     with pytest.raises(ArchError, match="repeat count"):
         decode_net("cifar-conv3x3-w16-c3-n10-i32|16:basic-s1*x")
+    with pytest.raises(ArchError, match="from 1 to 1000"):
+        decode_net("cifar-conv3x3-w16-c3-n10-i32|16:basic-s1*99999999999")
+
+
+def test_small_expansions_round_trip_without_exponents():
+    for e in (1e-5, 0.125, 1 / 3, 2.5):
+        b = BlockCfg("csc", e=e)
+        assert "e-" not in b.encode() and decode_block(b.encode()) == b.canonical()
 
 
 def _net(width: int, block: BlockCfg, stem_width: int = 32) -> NetCfg:
