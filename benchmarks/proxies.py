@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from evaluators import PROXIES, DataCfg, TrainCfg, compute_proxies, load_data, train
+from evaluators.cost import net_cost
 from evaluators.latency import device_name
 from searchspace import load_space
 from searchspace.space import sample_random
@@ -53,11 +54,6 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def _cost(net) -> tuple[int, int]:
-    try:
-        from evaluators.cost import net_cost
-    except ImportError:  # the analytic cost model is optional here
-        from evaluators.commands import model_cost
-        return model_cost(net)
     c = net_cost(net)
     return c.params, c.macs
 

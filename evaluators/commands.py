@@ -13,60 +13,27 @@ import argparse
 import json
 from typing import Any
 
-import torch
-
-from searchspace import ConfigError, NetCfg, build_model, load_arch
+from searchspace import ConfigError, load_arch
 from searchspace.config import int_arg
 
+from .cost import net_cost
 from .datasets import DATASETS, DataCfg, load_data
+from .device import resolve_device
 from .latency import LatencyCfg, measure_latency
 from .proxies import PROXIES, compute_proxies
 from .training import TrainCfg, train
 
 
-def model_cost(net: NetCfg) -> tuple[int, int]:
-    """`(params, macs)` from the built model, for when the analytic cost model is absent.
-
-    MACs come from `FlopCounterMode` (FLOPs / 2) at batch 1.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = build_model(net).eval()
-    params = sum(p.numel() for p in model.parameters())
-    x = torch.zeros(1, net.in_chans, net.input_size, net.input_size)
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(x)
-    return params, fc.get_total_flops() // 2
-
-
-def cost(net: NetCfg) -> tuple[int, int]:
-    """`(params, macs)` of `net`: the analytic `evaluators.cost.net_cost` when available."""
-    try:
-        from .cost import net_cost
-    except ImportError:
-        return model_cost(net)
-    c = net_cost(net)
-    return c.params, c.macs
-
-
-def resolve_device(name: str) -> str:
-    """`auto` -> `cuda` when available, else `cpu`; `cuda` without a GPU is a user error."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use cpu or auto.")
-    return name
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.dataset != "digits" and not args.data_path:
         raise ConfigError(f"--dataset {args.dataset} needs --data-path (its data directory).")
     data = load_data(DataCfg(name=args.dataset, path=args.data_path, seed=args.seed,
                              subset=args.subset, resolution=args.resolution), device)
     net = load_arch(args.arch, classes=data.classes, in_chans=data.in_chans,
                     input_size=data.input_size)
-    params, macs = cost(net)
+    c = net_cost(net)
+    params, macs = c.params, c.macs
     out: dict[str, Any] = {"name": net.name or None, "archid": net.archid, "arch": net.encode(),
                            "dataset": data.name, "device": device, "params": params, "macs": macs}
     if args.proxies:

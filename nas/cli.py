@@ -155,13 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write one architecture file per sample into this folder")
     s.set_defaults(func=cmd_sample)
 
-    for module in ("nas.commands", "evaluators.commands", "results.commands"):
-        try:
-            mod = __import__(module, fromlist=["register"])
-        except ImportError as exc:  # a package's commands are optional until it lands
-            if exc.name != module:
-                raise
-            continue
+    from evaluators import commands as evaluate_commands
+    from results import commands as results_commands
+
+    from . import commands as search_commands
+
+    for mod in (search_commands, evaluate_commands, results_commands):
         mod.register(sub)
     return p
 

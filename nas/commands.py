@@ -15,7 +15,8 @@ from .budget import Budget, load_budget
 
 def run_search(budget: Budget, *, resume: bool = False) -> Path:
     """Run (or continue) the search of `budget`; write the report and the export. Returns the run dir."""
-    from .evaluate import resolve_device
+    from evaluators.device import resolve_device
+
     from .store import RunStore
 
     store = RunStore(budget.run_dir)
@@ -26,7 +27,7 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
         from .optuna_driver import storage_url
         from .ray_driver import run_ray
 
-        store.init(budget, storage_url(budget), resolve_device(budget.device))
+        store.init(budget, storage_url(budget), resolve_device(budget.device, "budget.device"))
         _say(budget, store, exists)
         run_ray(budget)
     else:
@@ -34,7 +35,7 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
 
         if budget.storage is not None:
             make_storage(budget.storage)  # a bad URL fails here, before the run exists
-        store.init(budget, storage_url(budget), resolve_device(budget.device))
+        store.init(budget, storage_url(budget), resolve_device(budget.device, "budget.device"))
         _say(budget, store, exists)
         run_optuna(budget)
     finish(budget)

@@ -22,6 +22,7 @@ import torch
 
 from evaluators.cost import net_cost
 from evaluators.datasets import DataBundle, load_data
+from evaluators.device import resolve_device
 from evaluators.latency import measure_latency
 from evaluators.proxies import PROXIES, compute_proxies
 from evaluators.training import train
@@ -69,23 +70,12 @@ class Outcome:
         return out
 
 
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        from searchspace import ConfigError
-
-        raise ConfigError("budget.device: 'cuda' was asked for but torch sees no CUDA device; "
-                          "use 'auto' or 'cpu'.")
-    return name
-
-
 class TrialEvaluator:
     """Evaluates trials of one run; build one per process (it holds the data set)."""
 
     def __init__(self, budget: Budget, store: RunStore, device: str | None = None):
         self.budget, self.store = budget, store
-        self.device = device or resolve_device(budget.device)
+        self.device = device or resolve_device(budget.device, "budget.device")
         self._data: DataBundle | None = None
         self.proxies = tuple(dict.fromkeys(
             [*budget.proxies, *(m for m in budget.metrics_needed if m in PROXIES)]))

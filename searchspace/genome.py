@@ -125,9 +125,6 @@ class BlockCfg:
     def encode(self) -> str:
         return encode_block(self)
 
-    @property
-    def is_learned_shift(self) -> bool:
-        return self.family != "basic" and self.kind in ("active", "sparse")
 
 
 @dataclass(frozen=True)
@@ -368,36 +365,21 @@ def shift_widths(b: BlockCfg, c_in: int, c_out: int) -> list[int]:
 
 def validate(net: NetCfg) -> NetCfg:
     """Check a network against the spec; raise `ArchError` naming the block. Returns `net`."""
-    size = net.input_size
-    if net.stem == "conv3x3s2_nobn":
-        size = out_size(size, 2)
-    elif net.stem == "conv7x7s2_maxpool":
-        size = out_size(out_size(size, 2), 2)
     for path, b, c_in, c_out in net.blocks:
-        j = int(path.split(".b")[1])
-        if j > 0 and b.stride != 1:
-            raise ArchError(
-                f"block {path} ({encode_block(b)}): only the first block of a stage may "
-                f"have stride {b.stride}; use stride 1."
-            )
-        if b.family == "bottleneck3" and b.stride > 1 and b.down == "shift" and (
-            b.placement == "single"
-        ):
-            raise ArchError(
-                f"block {path} ({encode_block(b)}): a bottleneck3 block takes its stride in "
-                f"the shift only with `multi` placement (a shift before the first 1x1); "
-                f"use down=avgpool or down=conv."
-            )
+        where = f"block {path} ({encode_block(b)})"
+        if not path.endswith(".b0") and b.stride != 1:
+            raise ArchError(f"{where}: only the first block of a stage may have stride "
+                            f"{b.stride}; use stride 1.")
+        if b.family == "bottleneck3" and b.stride > 1 and b.down == "shift" \
+                and b.placement == "single":
+            raise ArchError(f"{where}: a bottleneck3 block takes its stride in the shift only "
+                            f"with `multi` placement (a shift before the first 1x1); use "
+                            f"down=avgpool or down=conv.")
         groups = NEIGHBOURHOODS[b.nbhd].groups
-        needs_groups = b.kind == "fixed" or (b.kind in ("active", "sparse") and b.init == "grid")
-        if needs_groups:
+        if b.kind == "fixed" or (b.kind in ("active", "sparse") and b.init == "grid"):
             for w in shift_widths(b, c_in, c_out):
                 if w < groups:
-                    raise ArchError(
-                        f"block {path} ({encode_block(b)}): a {b.nbhd} shift needs at least "
-                        f"{groups} channels (one per group), got width {w}; widen the stage, "
-                        f"raise e, or use a smaller neighbourhood."
-                    )
-        if b.stride > 1:
-            size = out_size(size, b.stride)
+                    raise ArchError(f"{where}: a {b.nbhd} shift needs at least {groups} channels "
+                                    f"(one per group), got width {w}; widen the stage, raise e, "
+                                    f"or use a smaller neighbourhood.")
     return net

@@ -143,17 +143,6 @@ def test_active_shift_at_integers_is_the_integer_shift():
     torch.testing.assert_close(ref.active_shift(x, theta, 2), ref.shift(x, plan, 2), rtol=0, atol=0)
 
 
-def test_active_shift_is_deterministic():
-    x = torch.randn(4, 16, 9, 9)
-    theta = torch.rand(16, 2, requires_grad=True)
-    grads = []
-    for _ in range(2):
-        theta.grad = None
-        ref.active_shift(x, theta, 1).square().sum().backward()
-        grads.append(theta.grad.clone())
-    assert torch.equal(grads[0], grads[1])
-
-
 @pytest.mark.parametrize("stride", [1, 2])
 def test_sparse_shift_rounds_forward_and_passes_real_gradient(stride):
     torch.manual_seed(2)
@@ -198,7 +187,7 @@ def test_dispatch_switch_forces_reference(monkeypatch):
         dispatch.get_backend(x)
 
 
-def test_reference_shift_costs_about_one_copy():
+def test_reference_shift_costs_about_one_copy(monkeypatch):
     """Structure, not time: one slice copy per group and no temporaries of the tensor's size."""
     x = torch.randn(2, 45, 8, 8)
     plan = ref.shift_plan(45, "8c")
@@ -210,11 +199,9 @@ def test_reference_shift_costs_about_one_copy():
         allocs.append(t.numel())
         return t
 
-    torch.empty = counting_empty
-    try:
-        ref.shift(x, plan, 1)
-    finally:
-        torch.empty = real_empty
+    monkeypatch.setattr(torch, "empty", counting_empty)
+    ref.shift(x, plan, 1)
+    monkeypatch.undo()
     assert allocs == [x.numel()]  # exactly the output, nothing else of size
 
 

@@ -12,7 +12,7 @@ import torch
 
 from kernels.modules import ActiveShift, SparseShift
 from results.export import export_arch, export_code, load_exported
-from searchspace import build_model, create_preset, load_space, sample_random
+from searchspace import build_model, create_preset, decode_net, load_space, sample_random
 
 # Runs in a fresh `python -I` (no project on sys.path; the editable install's
 # finder is dropped and project packages are blocked), so the exported files
@@ -129,9 +129,9 @@ def test_exported_source_imports_only_torch_and_emits_used_blocks_only():
     assert "create_model" in funcs
 
 
-def test_imagenet_preset_state_dict_keys_match():
+def test_imagenet_preset_state_dict_keys_match(tmp_path):
     net = create_preset("shift4c_resnet50")
-    mod = _load(export_code(net))
+    mod = _load(export_code(net), tmp_path)
     with torch.device("meta"):
         ours = mod.create_model().state_dict()
         ref = build_model(net).state_dict()
@@ -139,24 +139,17 @@ def test_imagenet_preset_state_dict_keys_match():
     assert all(ours[k].shape == ref[k].shape for k in ref)
 
 
-_loaded: dict[str, object] = {}
-
-
-def _load(src: str, tmp=None):
-    import tempfile
-    from pathlib import Path
-
-    d = Path(tempfile.mkdtemp())
-    (d / "model.py").write_text(src)
-    return load_exported(d / "model.py")
+def _load(src: str, tmp_path):
+    (tmp_path / "model.py").write_text(src)
+    return load_exported(tmp_path / "model.py")
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("kind", ["active", "sparse"])
-def test_exported_learned_shift_gradients_match_kernels(kind, stride):
+def test_exported_learned_shift_gradients_match_kernels(kind, stride, tmp_path):
     arch = (f"cifar-conv3x3-w16-c3-n10-i16|16:csc-{kind}-uniform-e1-s1"
             f"|32:csc-{kind}-uniform-e1-s2-dshift")
-    mod = _load(export_code(__import__("searchspace").decode_net(arch)))
+    mod = _load(export_code(decode_net(arch)), tmp_path)
     g = torch.Generator().manual_seed(7)
     theta = torch.rand(24, 2, generator=g) * 6 - 3
     theta[:4] = torch.tensor([[0.5, -1.5], [2.0, -2.0], [1.25, 0.0], [-0.5, 2.5]])
