@@ -165,8 +165,11 @@ def _cifar(name: str, root: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         d = _unpickle(p)
         if b"data" not in d or label_key not in d:
             raise ConfigError(f"{p}: missing b'data' or {label_key!r}; expected {layout}.")
-        data = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[label_key], dtype=np.int64)
+        data, labels = np.asarray(d[b"data"]), np.asarray(d[label_key])
+        if data.dtype != np.uint8 or not np.issubdtype(labels.dtype, np.integer):
+            raise ConfigError(f"{p}: b'data' must be uint8 pixels and {label_key!r} integers, "
+                              f"got {data.dtype} and {labels.dtype}; expected {layout}.")
+        labels = labels.astype(np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
             raise ConfigError(f"{p}: b'data' must be (N, 3072) uint8 rows with N labels, got "
                               f"shape {data.shape} and {len(labels)} labels.")

@@ -165,6 +165,12 @@ def test_cifar_missing_or_malformed_directory(tmp_path):
     _write(d / "data_batch_2", {b"labels": [1], b"data": np.zeros((1, 10), np.uint8)})
     with pytest.raises(ConfigError, match=r"\(N, 3072\)"):
         load_data(DataCfg(name="cifar10", path=str(d)))
+    _write(d / "data_batch_2", {b"labels": ["cat"], b"data": np.zeros((1, 3072), np.uint8)})
+    with pytest.raises(ConfigError, match=r"b'labels' integers"):
+        load_data(DataCfg(name="cifar10", path=str(d)))
+    _write(d / "data_batch_2", {b"labels": [1], b"data": np.full((1, 3072), 300.0)})
+    with pytest.raises(ConfigError, match=r"uint8 pixels"):
+        load_data(DataCfg(name="cifar10", path=str(d)))
 
 
 # ----------------------------------------------------------------------------
