@@ -37,7 +37,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         t = run.trial(args.trial) if args.trial is not None else select_trial(run, args.pick)
         if args.trial is not None and (t.state != "complete" or not t.feasible):
             print(f"note: trial {t.number} is {t.state}"
-                  f"{'' if t.feasible else ' and infeasible'}; exporting it anyway.")
+                  f"{' but infeasible' if t.state == 'complete' and not t.feasible else ''}; "
+                  f"exporting it anyway.")
         name = f"trial {t.number}"
         paths = export_trial(run, t, args.out, onnx=args.onnx)
     else:

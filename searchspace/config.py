@@ -45,6 +45,8 @@ def is_num(v: Any) -> bool:
 
 def _coerce(tp: Any, v: Any) -> Any:
     """YAML spells `1e-3` as a string and `1` as an int: accept both for float fields."""
+    if float in typing.get_args(tp):  # `float | None` and the like
+        tp = float
     if isinstance(v, str) and tp is float:
         try:
             return float(v)

@@ -267,7 +267,10 @@ def decode_block(s: str) -> BlockCfg:
         if key in kw:
             raise ArchError(f"block {s!r}: field {key!r} is given twice.")
         kw[key] = val
-    b = BlockCfg(**kw)  # type: ignore[arg-type]
+    try:
+        b = BlockCfg(**kw)  # type: ignore[arg-type]
+    except ArchError as exc:
+        raise ArchError(f"block {s!r}: {exc}") from None
     unused = [k for k in kw if k != "family" and k not in b.uses and k != "stride"]
     if unused:
         raise ArchError(
