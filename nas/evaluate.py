@@ -33,8 +33,6 @@ from .budget import CHEAP_METRICS, Budget
 from .pruning import ParetoHalving
 from .store import RunStore, now_iso
 
-STATES = ("complete", "pruned", "infeasible", "failed")
-
 
 @dataclass
 class Outcome:
