@@ -106,7 +106,8 @@ class _Walker:
         return self.bn(f"{name}.bn", cout, hw) if bn else hw
 
 
-def _csc(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
+def _mid(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
+    """conv1 -> BN -> ReLU -> SPATIAL [-> avgpool] -> conv2: the body csc and asl_preact share."""
     m, s = mid_width(b.e, cout), b.stride
     pooled = s > 1 and b.down == "avgpool"
     y = w.conv(f"{p}.conv1", cin, m, hw)
@@ -115,28 +116,24 @@ def _csc(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
     y = w.spatial(f"{p}.shift", b, m, y, s if b.down == "shift" else 1, fused=not pooled)
     if pooled:
         y = w.pool(f"{p}.pool", m, y)
-    y = w.conv(f"{p}.conv2", m, cout, y, 1, s if b.down == "conv" else 1)
+    return w.conv(f"{p}.conv2", m, cout, y, 1, s if b.down == "conv" else 1)
+
+
+def _csc(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
+    y = _mid(w, p, b, cin, cout, hw)
     w.bn(f"{p}.bn2", cout, y)
-    if s != 1 or cin != cout:
-        w.shortcut(f"{p}.shortcut", cin, cout, hw, s, b.down)
+    if b.stride != 1 or cin != cout:
+        w.shortcut(f"{p}.shortcut", cin, cout, hw, b.stride, b.down)
     w.add(f"{p}.add", cout, y)
     return w.relu(f"{p}.act2", cout, y)
 
 
 def _asl_preact(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
-    m, s = mid_width(b.e, cout), b.stride
-    pooled = s > 1 and b.down == "avgpool"
     w.bn(f"{p}.bn0", cin, hw)
     w.relu(f"{p}.act0", cin, hw)
-    y = w.conv(f"{p}.conv1", cin, m, hw)
-    w.bn(f"{p}.bn1", m, y)
-    w.relu(f"{p}.act1", m, y)
-    y = w.spatial(f"{p}.shift", b, m, y, s if b.down == "shift" else 1, fused=not pooled)
-    if pooled:
-        y = w.pool(f"{p}.pool", m, y)
-    y = w.conv(f"{p}.conv2", m, cout, y, 1, s if b.down == "conv" else 1)
-    if s != 1 or cin != cout:
-        w.shortcut(f"{p}.shortcut", cin, cout, hw, s, b.down, bn=False)
+    y = _mid(w, p, b, cin, cout, hw)
+    if b.stride != 1 or cin != cout:
+        w.shortcut(f"{p}.shortcut", cin, cout, hw, b.stride, b.down, bn=False)
     return w.add(f"{p}.add", cout, y)
 
 
