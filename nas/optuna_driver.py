@@ -109,14 +109,18 @@ def recover_dead_trials(study: optuna.Study, store: RunStore) -> list[int]:
 
 
 def live_running(study: optuna.Study) -> int:
-    """RUNNING trials that may still be alive (a dead process's trial must not eat the budget)."""
-    host, now, n = socket.gethostname(), time.time(), 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if "host" in t.user_attrs:
-            n += t.user_attrs["host"] != host or _alive(t.user_attrs.get("pid"))
-        else:  # created but not yet claimed: alive only if it is fresh
-            n += t.datetime_start is not None and now - t.datetime_start.timestamp() < GRACE_S / 6
-    return n
+    """RUNNING trials that may still be alive (a dead process's trial must not eat the budget).
+
+    A trial not yet claimed (no host/pid: a kill between its creation and the
+    objective's first line) is not counted; a live worker claims its trial
+    within milliseconds, so at worst the budget is overshot by one trial.
+    """
+    host = socket.gethostname()
+    return sum(
+        t.user_attrs["host"] != host or _alive(t.user_attrs.get("pid"))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if "host" in t.user_attrs
+    )
 
 
 def _alive(pid: object) -> bool:

@@ -266,3 +266,14 @@ def test_a_record_cut_short_by_a_kill_does_not_hide_later_ones(tmp_path):
     store.record_trial({**store.trials()[0], "number": 100})
     assert sorted(store.trials()) == [0, 1, 100]
     assert [t.number for t in load_run(run_dir).trials] == [0, 1, 100]
+
+
+def test_an_unclaimed_orphan_trial_does_not_eat_the_budget(tmp_path):
+    """A kill between Optuna creating a trial and the objective claiming it leaves an orphan."""
+    d = budget_dict(tmp_path, trials=3, objectives=["params", "macs"])
+    run_dir = run_search(budget_from_dict(d))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'study.db'}")
+    study.ask()  # RUNNING, no host/pid: what the kill leaves behind
+    assert main(["search", "--trials", "5", str(_write_budget(tmp_path, trials=3,
+                                                             objectives=["params", "macs"]))]) == 0
+    assert len(records(run_dir)) == 5
