@@ -35,7 +35,7 @@ from benchmarks._timing import (
     versions,
     write_rows,
 )
-from kernels import reference as ref
+from shiftnas.kernels import reference as ref
 
 GPU_SHAPES = [(256, 64, 32, 32), (64, 128, 56, 56), (64, 512, 14, 14)]
 CPU_SHAPES = [(32, 64, 32, 32), (8, 128, 56, 56), (8, 512, 14, 14)]
@@ -74,7 +74,7 @@ def bench_shape(shape, dtype, device, reps, warmup, use_triton) -> list[tuple[st
     run("shift", "clone", "fwd", lambda x: x.clone(memory_format=cl), x_only)
     run("shift", "reference", "fwd", lambda x: ref.shift(x, plan, 1), x_only)
     if use_triton:
-        from kernels import triton_ops
+        from shiftnas.kernels import triton_ops
 
         run("shift", "triton", "fwd", lambda x: triton_ops.shift(x, plan, 1), x_only)
 

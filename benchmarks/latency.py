@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from benchmarks._timing import Row, device_slug, versions, write_rows
-from evaluators.latency import BlockLatencyTable, LatencyCfg, device_name, measure_latency
-from searchspace import load_space, sample_random
+from shiftnas.evaluators.latency import BlockLatencyTable, LatencyCfg, device_name, measure_latency
+from shiftnas.searchspace import load_space, sample_random
 
 
 def main() -> None:

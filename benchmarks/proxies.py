@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluators import PROXIES, DataCfg, TrainCfg, compute_proxies, load_data, train
-from evaluators.cost import net_cost
-from evaluators.latency import device_name
-from searchspace import load_space
-from searchspace.space import sample_random
+from shiftnas.evaluators import PROXIES, DataCfg, TrainCfg, compute_proxies, load_data, train
+from shiftnas.evaluators.cost import net_cost
+from shiftnas.evaluators.latency import device_name
+from shiftnas.searchspace import load_space
+from shiftnas.searchspace.space import sample_random
 
 PROXY_COLS = ["acc_short", "synflow", "naswot", "grad_norm", "snip", "params", "macs"]
 RESULTS = Path(__file__).parent / "results"

@@ -13,8 +13,9 @@ import argparse
 import json
 from typing import Any
 
-from searchspace import ConfigError, load_arch
-from searchspace.config import int_arg
+from shiftnas.config import int_arg
+from shiftnas.errors import ConfigError
+from shiftnas.searchspace import load_arch
 
 from .cost import net_cost
 from .datasets import DATASETS, DataCfg, load_data

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from searchspace.genome import BlockCfg, NetCfg, mid_width, out_size
+from shiftnas.searchspace.genome import BlockCfg, NetCfg, mid_width, out_size
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from searchspace import ConfigError
-from searchspace.config import cfg_from_dict, check, is_int, is_num
+from shiftnas.config import cfg_from_dict, check, is_int, is_num
+from shiftnas.errors import ConfigError
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

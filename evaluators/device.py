@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from searchspace import ConfigError
+from shiftnas.errors import ConfigError
 
 
 def resolve_device(name: str, where: str = "device") -> str:

@@ -29,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kernels.modules import Shift
-from searchspace import ConfigError, NetCfg, build_model
-from searchspace.builder import BLOCKS, Bottleneck3Block, CscBlock, Shortcut, make_stem
-from searchspace.config import cfg_from_dict, check, is_int
-from searchspace.genome import out_size
+from shiftnas.config import cfg_from_dict, check, is_int
+from shiftnas.errors import ConfigError
+from shiftnas.kernels.modules import Shift
+from shiftnas.searchspace import NetCfg, build_model
+from shiftnas.searchspace.builder import BLOCKS, Bottleneck3Block, CscBlock, Shortcut, make_stem
+from shiftnas.searchspace.genome import out_size
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BACKENDS = ("eager", "compile", "cudagraph")

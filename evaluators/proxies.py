@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.modules import shift_parameters
-from searchspace import ConfigError, NetCfg, build_model
+from shiftnas.errors import ConfigError
+from shiftnas.kernels.modules import shift_parameters
+from shiftnas.searchspace import NetCfg, build_model
 
 from .datasets import DataBundle
 

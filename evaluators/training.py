@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.modules import shift_parameters, sparse_l1
-from searchspace import NetCfg, build_model
-from searchspace.config import cfg_from_dict, check, is_int, is_num
+from shiftnas.config import cfg_from_dict, check, is_int, is_num
+from shiftnas.kernels.modules import shift_parameters, sparse_l1
+from shiftnas.searchspace import NetCfg, build_model
 
 from .datasets import DataBundle
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shiftnas.errors import ConfigError
+
 from . import reference as ref
 
 
@@ -36,6 +38,7 @@ _BACKENDS: dict[str, Backend] = {
     )
 }
 ENV_VAR = "SHIFTNAS_KERNELS"
+CHOICES = ("auto", "reference", "triton")  # what ENV_VAR may say
 
 
 def register_backend(backend: Backend) -> None:
@@ -65,9 +68,22 @@ def _load_optional() -> None:
             _BACKENDS.setdefault("triton", None)  # type: ignore[arg-type]
 
 
+def check_env() -> str:
+    """The backend `SHIFTNAS_KERNELS` asks for (`auto` when unset); a typo is a `ConfigError`.
+
+    The CLI calls this at start-up, so a bad value stops a command before any work.
+    """
+    name = os.environ.get(ENV_VAR, "auto").strip() or "auto"
+    if name not in CHOICES:
+        raise ConfigError(f"environment variable {ENV_VAR}={name!r}: must be one of "
+                          f"{list(CHOICES)} (auto picks Triton for CUDA tensors and the "
+                          f"reference elsewhere); unset it or fix the value.")
+    return name
+
+
 def get_backend(x: torch.Tensor, backend: str | None = None) -> Backend:
     """The backend that runs an op on `x` (see the module docstring for the order)."""
-    name = backend or os.environ.get(ENV_VAR, "auto")
+    name = backend or check_env()
     if name == "auto":
         if x.is_cuda:
             _load_optional()
@@ -79,12 +95,13 @@ def get_backend(x: torch.Tensor, backend: str | None = None) -> Backend:
     b = _BACKENDS.get(name)
     if b is None:
         if name in _LOAD_ERRORS:
-            raise RuntimeError(f"kernel backend {name!r} is unavailable: {_LOAD_ERRORS[name]}")
+            raise ConfigError(f"kernel backend {name!r} is unavailable: {_LOAD_ERRORS[name]}; "
+                              f"set {ENV_VAR}=auto or reference.")
         known = [k for k, v in _BACKENDS.items() if v is not None]
-        raise ValueError(f"kernel backend must be one of {known + ['auto']}, got {name!r}.")
+        raise ConfigError(f"kernel backend must be one of {known + ['auto']}, got {name!r}.")
     if not b.supports(x):
-        raise RuntimeError(f"kernel backend {name!r} cannot run on a {x.device.type} tensor "
-                           f"(set {ENV_VAR}=auto to pick one that can).")
+        raise ConfigError(f"kernel backend {name!r} cannot run on a {x.device.type} tensor "
+                          f"(set {ENV_VAR}=auto to pick one that can).")
     return b
 
 

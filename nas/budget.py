@@ -17,14 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evaluators.datasets import DataCfg
-from evaluators.latency import LatencyCfg
-from evaluators.proxies import PROXIES
-from evaluators.training import TrainCfg
-from results.store import Constraint, Objective
-from searchspace import ConfigError, ShiftNASError, Space, load_space
-from searchspace.config import FieldError, cfg_from_dict, is_int, is_num, read_yaml
-from searchspace.config import check as _rule
+from shiftnas.config import FieldError, cfg_from_dict, is_int, is_num, read_yaml
+from shiftnas.config import check as _rule
+from shiftnas.errors import ConfigError, ShiftNASError
+from shiftnas.evaluators.datasets import DataCfg
+from shiftnas.evaluators.latency import LatencyCfg
+from shiftnas.evaluators.proxies import PROXIES
+from shiftnas.evaluators.training import TrainCfg
+from shiftnas.results.store import Constraint, Objective
+from shiftnas.searchspace import Space, load_space
 
 ENGINES = ("optuna", "ray")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
@@ -248,7 +249,7 @@ def budget_from_dict(d: Any, where: str = "budget") -> Budget:
     except ShiftNASError as exc:
         raise ConfigError(f"{where}.space: {exc}") from None
     if b.export is not None:
-        from results.store import parse_pick
+        from shiftnas.results.store import parse_pick
 
         try:
             _, metric, conds = parse_pick(b.export)

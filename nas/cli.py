@@ -15,17 +15,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from searchspace import (
-    ArchError,
-    ShiftNASError,
-    list_presets,
-    load_arch,
-    load_space,
-    save_arch,
-    validate,
-)
-from searchspace.config import int_arg
-from searchspace.space import sample_random
+from shiftnas.config import int_arg
+from shiftnas.errors import ArchError, ShiftNASError
+from shiftnas.searchspace import list_presets, load_arch, load_space, save_arch, validate
+from shiftnas.searchspace.space import sample_random
 
 
 def _fmt_int(n: float) -> str:
@@ -43,8 +36,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     names = list_presets(args.pattern)
     if not names:
         raise ArchError(f"no preset matches {args.pattern!r}; `shiftnas presets` lists them all.")
-    from evaluators.cost import net_cost
-    from searchspace import create_preset
+    from shiftnas.evaluators.cost import net_cost
+    from shiftnas.searchspace import create_preset
 
     print(f"{'preset':28s} {'params':>12s} {'MACs':>12s}  input")
     for n in names:
@@ -56,7 +49,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from evaluators.cost import net_cost
+    from shiftnas.evaluators.cost import net_cost
 
     net = load_arch(args.arch, classes=args.classes, input_size=args.input_size,
                     in_chans=args.in_chans)
@@ -155,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write one architecture file per sample into this folder")
     s.set_defaults(func=cmd_sample)
 
-    from evaluators import commands as evaluate_commands
-    from results import commands as results_commands
+    from shiftnas.evaluators import commands as evaluate_commands
+    from shiftnas.results import commands as results_commands
 
     from . import commands as search_commands
 
@@ -169,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from shiftnas.kernels import dispatch
+
+        dispatch.check_env()  # a mistyped SHIFTNAS_KERNELS stops here, before any work
         return int(args.func(args) or 0)
     except ShiftNASError as exc:
         print(f"shiftnas {args.command}: error: {exc}", file=sys.stderr)

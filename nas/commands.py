@@ -7,15 +7,15 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from searchspace import ConfigError, ShiftNASError
-from searchspace.config import int_arg
+from shiftnas.config import int_arg
+from shiftnas.errors import ConfigError, ShiftNASError
 
 from .budget import Budget, load_budget
 
 
 def run_search(budget: Budget, *, resume: bool = False) -> Path:
     """Run (or continue) the search of `budget`; write the report and the export. Returns the run dir."""
-    from evaluators.device import resolve_device
+    from shiftnas.evaluators.device import resolve_device
 
     from .store import RunStore
 
@@ -55,10 +55,10 @@ def _say(budget: Budget, store, resumed: bool) -> None:
 
 def finish(budget: Budget) -> None:
     """Write the report and plots, print the front, export the chosen trial."""
-    from results.export import export_trial
-    from results.pareto import pareto_front
-    from results.report import format_table, write_report
-    from results.store import load_run, select_trial
+    from shiftnas.results.export import export_trial
+    from shiftnas.results.pareto import pareto_front
+    from shiftnas.results.report import format_table, write_report
+    from shiftnas.results.store import load_run, select_trial
 
     run = load_run(budget.run_dir)
     if not run.candidates():
@@ -86,9 +86,9 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from results.pareto import pareto_front
-    from results.report import format_table, front_rows
-    from results.store import load_run
+    from shiftnas.results.pareto import pareto_front
+    from shiftnas.results.report import format_table, front_rows
+    from shiftnas.results.store import load_run
 
     run = load_run(args.run_dir)
     meta = json.loads((Path(args.run_dir) / "run.json").read_text())

@@ -20,14 +20,15 @@ from typing import Any
 
 import torch
 
-from evaluators.cost import net_cost
-from evaluators.datasets import DataBundle, load_data
-from evaluators.device import resolve_device
-from evaluators.latency import measure_latency
-from evaluators.proxies import PROXIES, compute_proxies
-from evaluators.training import train
-from results.store import Objective
-from searchspace import ArchError, NetCfg, Space, build_model, validate
+from shiftnas.errors import ArchError
+from shiftnas.evaluators.cost import net_cost
+from shiftnas.evaluators.datasets import DataBundle, load_data
+from shiftnas.evaluators.device import resolve_device
+from shiftnas.evaluators.latency import measure_latency
+from shiftnas.evaluators.proxies import PROXIES, compute_proxies
+from shiftnas.evaluators.training import train
+from shiftnas.results.store import Objective
+from shiftnas.searchspace import NetCfg, Space, build_model, validate
 
 from .budget import CHEAP_METRICS, Budget
 from .pruning import ParetoHalving

@@ -22,7 +22,8 @@ import torch
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 from optuna.trial import TrialState
 
-from searchspace import ConfigError, sample
+from shiftnas.errors import ConfigError
+from shiftnas.searchspace import sample
 
 from .budget import Budget
 from .evaluate import TrialEvaluator

@@ -9,8 +9,8 @@ from typing import TextIO
 
 import numpy as np
 
-from results.pareto import hypervolume, nondominated_ranks, reference_point
-from results.store import Objective
+from shiftnas.results.pareto import hypervolume, nondominated_ranks, reference_point
+from shiftnas.results.store import Objective
 
 from .budget import Budget
 from .store import RunStore

@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from results.pareto import nondominated_ranks
-from results.store import Objective
+from shiftnas.results.pareto import nondominated_ranks
+from shiftnas.results.store import Objective
 
 from .budget import PruningCfg
 from .store import RunStore

@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from searchspace import decode_net, sample
+from shiftnas.searchspace import decode_net, sample
 
 from .budget import Budget
 from .evaluate import TrialEvaluator

@@ -28,8 +28,9 @@ from typing import Any
 
 import yaml
 
-from results.store import read_jsonl
-from searchspace import ConfigError, NetCfg, save_arch
+from shiftnas.errors import ConfigError
+from shiftnas.results.store import read_jsonl
+from shiftnas.searchspace import NetCfg, save_arch
 
 from .budget import RESUMABLE, Budget
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from searchspace import ConfigError, load_arch
+from shiftnas.errors import ConfigError
+from shiftnas.searchspace import load_arch
 
 from .export import export_arch, export_trial
 from .pareto import pareto_front

@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
-from kernels.reference import NEIGHBOURHOODS
-from searchspace import ConfigError, NetCfg, decode_net, save_arch, validate
-from searchspace.genome import SHIFT_KINDS, mid_width
+from shiftnas.errors import ConfigError
+from shiftnas.kernels.reference import NEIGHBOURHOODS
+from shiftnas.searchspace import NetCfg, decode_net, save_arch, validate
+from shiftnas.searchspace.genome import SHIFT_KINDS, mid_width
 
 __all__ = ["export_code", "export_arch", "export_onnx", "export_trial"]
 

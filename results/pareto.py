@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from searchspace import ConfigError
+from shiftnas.errors import ConfigError
 
 from .store import Objective, Run, TrialRecord
 

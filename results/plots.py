@@ -17,8 +17,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from searchspace import ArchError, decode_net
-from searchspace.genome import SHIFT_KINDS
+from shiftnas.errors import ArchError
+from shiftnas.searchspace import decode_net
+from shiftnas.searchspace.genome import SHIFT_KINDS
 
 from .pareto import Front, hypervolume_history
 from .store import Objective, Run, TrialRecord

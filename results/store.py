@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from searchspace import ConfigError
+from shiftnas.errors import ConfigError
 
 __all__ = ["Objective", "Constraint", "TrialRecord", "Run", "load_run", "select_trial",
            "STATES"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ._errors import ArchError, ConfigError, ShiftNASError, SpaceError
 from .archfile import arch_to_dict, load_arch, save_arch
 from .builder import ShiftNet, build_model
 from .genome import (
@@ -20,7 +19,6 @@ from .presets import create_preset, is_preset, list_presets, register_preset
 from .space import Space, load_space, sample, sample_random
 
 __all__ = [
-    "ShiftNASError", "ArchError", "SpaceError", "ConfigError",
     "BlockCfg", "StageCfg", "NetCfg", "encode_block", "decode_block", "encode_net",
     "decode_net", "archid", "validate",
     "build_model", "ShiftNet",

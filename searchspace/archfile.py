@@ -16,8 +16,9 @@ from typing import Any
 
 import yaml
 
-from ._errors import ArchError
-from .config import read_yaml
+from shiftnas.config import read_yaml
+from shiftnas.errors import ArchError
+
 from .genome import NetCfg, archid, decode_net, validate
 from .presets import create_preset, is_preset
 

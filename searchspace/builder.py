@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels import ActiveShift, Shift, SparseShift, shift_then_conv
+from shiftnas.kernels import ActiveShift, Shift, SparseShift, shift_then_conv
 
 from .genome import BlockCfg, NetCfg, mid_width, validate
 

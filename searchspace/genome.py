@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from kernels.reference import NEIGHBOURHOODS
-
-from ._errors import ArchError
+from shiftnas.errors import ArchError
+from shiftnas.kernels.reference import NEIGHBOURHOODS
 
 MAX_E = 64  # expansion ratios above this are typos, not architectures
 MAX_REPEAT = 1000  # most blocks a `block*count` run may stand for

@@ -12,7 +12,8 @@ import fnmatch
 import re
 from collections.abc import Callable
 
-from ._errors import ArchError
+from shiftnas.errors import ArchError
+
 from .genome import BlockCfg, NetCfg, StageCfg
 
 _PRESETS: dict[str, Callable[[], NetCfg]] = {}

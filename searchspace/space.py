@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import SpaceError
-from .config import read_yaml
+from shiftnas.config import read_yaml
+from shiftnas.errors import SpaceError
+
 from .genome import (
     DOWNS,
     FAMILIES,

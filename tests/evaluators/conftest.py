@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluators import DataCfg, load_data
-from searchspace import decode_net
+from shiftnas.evaluators import DataCfg, load_data
+from shiftnas.searchspace import decode_net
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from evaluators import commands
-from searchspace import ConfigError, build_model, create_preset
+from shiftnas.errors import ConfigError
+from shiftnas.evaluators import commands
+from shiftnas.searchspace import build_model, create_preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +56,6 @@ def test_user_errors():
 
 
 def test_cli_main_exit_code(capsys):
-    cli = pytest.importorskip("nas.cli")
+    cli = pytest.importorskip("shiftnas.nas.cli")
     assert cli.main(["evaluate", "resnet20", "--dataset", "cifar100", "--data-path", "/nope"]) == 2
     assert "cifar100 directory /nope does not exist" in capsys.readouterr().err

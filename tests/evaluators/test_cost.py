@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from evaluators.cost import net_cost
-from searchspace import build_model, create_preset, load_space, sample_random
+from shiftnas.evaluators.cost import net_cost
+from shiftnas.searchspace import build_model, create_preset, load_space, sample_random
 
 
 def counted(net, size=None):

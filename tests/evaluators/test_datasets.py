@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from evaluators import DataCfg, load_data
-from searchspace import ConfigError
+from shiftnas.errors import ConfigError
+from shiftnas.evaluators import DataCfg, load_data
 
 # ----------------------------------------------------------------------------
 # digits

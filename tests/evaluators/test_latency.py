@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators import BlockLatencyTable, LatencyCfg, device_lock, fold_bn, measure_latency
-from evaluators.latency import BiasAdd
-from searchspace import ConfigError, build_model, create_preset, decode_net
+from shiftnas.errors import ConfigError
+from shiftnas.evaluators import BlockLatencyTable, LatencyCfg, device_lock, fold_bn, measure_latency
+from shiftnas.evaluators.latency import BiasAdd
+from shiftnas.searchspace import build_model, create_preset, decode_net
 
 FAST = dict(warmup=1, repeats=5)
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators import PROXIES, compute_proxies
-from evaluators.proxies import naswot, synflow
-from kernels import ActiveShift
-from kernels.modules import shift_parameters
-from searchspace import ConfigError, build_model
+from shiftnas.errors import ConfigError
+from shiftnas.evaluators import PROXIES, compute_proxies
+from shiftnas.evaluators.proxies import naswot, synflow
+from shiftnas.kernels import ActiveShift
+from shiftnas.kernels.modules import shift_parameters
+from shiftnas.searchspace import build_model
 
 
 def test_finite_deterministic_and_architecture_dependent(digits, small_net):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from evaluators import DataCfg, TrainCfg, load_data, train
-from evaluators.training import _normalise_shift_grads, lr_factor
-from kernels.modules import shift_parameters
-from searchspace import ConfigError, build_model, create_preset
+from shiftnas.errors import ConfigError
+from shiftnas.evaluators import DataCfg, TrainCfg, load_data, train
+from shiftnas.evaluators.training import _normalise_shift_grads, lr_factor
+from shiftnas.kernels.modules import shift_parameters
+from shiftnas.searchspace import build_model, create_preset
 
 
 def test_shiftresnet20_learns_digits_reproducibly(digits):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from kernels import ActiveShift, Shift, SparseShift, dispatch
-from kernels import reference as ref
+from shiftnas.kernels import ActiveShift, Shift, SparseShift, dispatch
+from shiftnas.kernels import reference as ref
 
 
 def spec_offsets(c: int, nbhd: str, dilation: int = 1) -> list[tuple[int, int]]:
@@ -211,3 +214,16 @@ def test_all_neighbourhood_offsets_are_in_spec_order():
     five = ref.NEIGHBOURHOODS["5x5"].offsets
     assert list(five) == sorted(five) and len(five) == 24
     assert all(max(abs(a), abs(b)) <= 2 for a, b in itertools.chain(five))
+
+
+def test_mistyped_kernel_env_is_a_config_error(monkeypatch):
+    from shiftnas.errors import ConfigError
+    from shiftnas.kernels import dispatch
+
+    monkeypatch.setenv("SHIFTNAS_KERNELS", "refrence")
+    with pytest.raises(ConfigError, match="SHIFTNAS_KERNELS='refrence'"):
+        dispatch.get_backend(torch.zeros(1, 9, 3, 3))
+    r = subprocess.run([sys.executable, "-m", "shiftnas", "presets", "resnet20"],
+                       capture_output=True, text=True, env={**os.environ, "SHIFTNAS_KERNELS": "x"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "SHIFTNAS_KERNELS='x'" in r.stderr

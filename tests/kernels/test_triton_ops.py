@@ -17,8 +17,8 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
 
-from kernels import _triton_shift, dispatch, triton_ops  # noqa: E402
-from kernels import reference as ref  # noqa: E402
+from shiftnas.kernels import _triton_shift, dispatch, triton_ops  # noqa: E402
+from shiftnas.kernels import reference as ref  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 
-from nas.budget import budget_from_dict, load_budget, parse_duration
-from nas.cli import main
-from searchspace import ConfigError
+from shiftnas.errors import ConfigError
+from shiftnas.nas.budget import budget_from_dict, load_budget, parse_duration
+from shiftnas.nas.cli import main
 
 GOOD = {"name": "t", "objectives": ["accuracy", "params"], "trials": 3}
 
@@ -85,7 +85,7 @@ def test_cli_argument_errors_exit_2_without_traceback(tmp_path):
     bad.write_text(yaml.safe_dump({**GOOD, "trials": -3}))
     for args in (["search", str(bad)], ["search", str(bad), "--workers", "zero"],
                  ["show", "nonexistent_net"], ["status", str(tmp_path)]):
-        r = subprocess.run([sys.executable, "-m", "nas", *args], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "shiftnas", *args], capture_output=True, text=True)
         assert r.returncode == 2, (args, r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.strip(), args
 

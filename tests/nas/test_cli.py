@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from nas.cli import main
-from searchspace import decode_net, load_arch
+from shiftnas.nas.cli import main
+from shiftnas.searchspace import decode_net, load_arch
 
 
 def test_presets_lists_with_costs(capsys):

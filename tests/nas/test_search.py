@@ -17,13 +17,13 @@ import optuna
 import pytest
 import yaml
 
-import nas.evaluate
-from nas.budget import budget_from_dict
-from nas.cli import main
-from nas.commands import run_search
-from nas.pruning import rungs, should_continue
-from nas.store import RunStore
-from results.pareto import nondominated_ranks
+import shiftnas.nas.evaluate
+from shiftnas.nas.budget import budget_from_dict
+from shiftnas.nas.cli import main
+from shiftnas.nas.commands import run_search
+from shiftnas.nas.pruning import rungs, should_continue
+from shiftnas.nas.store import RunStore
+from shiftnas.results.pareto import nondominated_ranks
 
 SPACE = {
     "stem_width": 16,
@@ -75,7 +75,7 @@ def test_constraints_stop_training(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("an infeasible candidate was trained")
 
-    monkeypatch.setattr(nas.evaluate, "train", no_training)
+    monkeypatch.setattr(shiftnas.nas.evaluate, "train", no_training)
     b = budget_from_dict(budget_dict(tmp_path, constraints=["params <= 1000"], trials=4))
     run_dir = run_search(b)
     recs = records(run_dir)
@@ -87,13 +87,13 @@ def test_constraints_stop_training(tmp_path, monkeypatch):
 
 def test_duplicates_are_reused_not_retrained(tmp_path, monkeypatch):
     calls = []
-    real = nas.evaluate.train
+    real = shiftnas.nas.evaluate.train
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(nas.evaluate, "train", counting)
+    monkeypatch.setattr(shiftnas.nas.evaluate, "train", counting)
     run_dir = run_search(budget_from_dict(budget_dict(tmp_path, space=ONE_ARCH, trials=3)))
     recs = records(run_dir)
     assert len(calls) == 1
@@ -103,7 +103,7 @@ def test_duplicates_are_reused_not_retrained(tmp_path, monkeypatch):
 
 
 def test_a_failing_trial_does_not_stop_the_run(tmp_path, monkeypatch):
-    real, calls = nas.evaluate.train, []
+    real, calls = shiftnas.nas.evaluate.train, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -111,7 +111,7 @@ def test_a_failing_trial_does_not_stop_the_run(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash inside training")
         return real(*a, **k)
 
-    monkeypatch.setattr(nas.evaluate, "train", flaky)
+    monkeypatch.setattr(shiftnas.nas.evaluate, "train", flaky)
     run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=4)))
     recs = records(run_dir)
     states = Counter(r["state"] for r in recs.values())
@@ -180,7 +180,7 @@ def _write_budget(tmp_path: Path, **kw) -> Path:
 def test_resume_after_a_kill_loses_nothing_and_repeats_nothing(tmp_path):
     path = _write_budget(tmp_path, trials=7, train={"epochs": 3, "batch_size": 60, "precise_bn": 0})
     run_dir = tmp_path / "runs" / "t"
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", str(path)],
+    proc = subprocess.Popen([sys.executable, "-m", "shiftnas", "search", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
@@ -256,7 +256,7 @@ def test_optuna_dashboard_sees_the_study(tmp_path):
 
 
 def test_a_record_cut_short_by_a_kill_does_not_hide_later_ones(tmp_path):
-    from results.store import load_run
+    from shiftnas.results.store import load_run
 
     run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=2,
                                                       objectives=["params", "macs"])))

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from searchspace import load_space, sample_random, save_arch
-from searchspace.genome import decode_net
+from shiftnas.searchspace import load_space, sample_random, save_arch
+from shiftnas.searchspace.genome import decode_net
 
 OBJECTIVES = [{"name": "accuracy", "direction": "maximize"},
               {"name": "latency_ms", "direction": "minimize"}]

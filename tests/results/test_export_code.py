@@ -10,9 +10,9 @@ import textwrap
 import pytest
 import torch
 
-from kernels.modules import ActiveShift, SparseShift
-from results.export import export_arch, export_code, load_exported
-from searchspace import build_model, create_preset, decode_net, load_space, sample_random
+from shiftnas.kernels.modules import ActiveShift, SparseShift
+from shiftnas.results.export import export_arch, export_code, load_exported
+from shiftnas.searchspace import build_model, create_preset, decode_net, load_space, sample_random
 
 # Runs in a fresh `python -I` (no project on sys.path; the editable install's
 # finder is dropped and project packages are blocked), so the exported files

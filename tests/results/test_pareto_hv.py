@@ -7,15 +7,15 @@ import itertools
 import numpy as np
 import pytest
 
-from results.pareto import (
+from shiftnas.errors import ConfigError
+from shiftnas.results.pareto import (
     hypervolume,
     hypervolume_history,
     nondominated_ranks,
     pareto_front,
     reference_point,
 )
-from results.store import load_run
-from searchspace import ConfigError
+from shiftnas.results.store import load_run
 
 from .fixtures import make_run
 

@@ -7,10 +7,10 @@ import builtins
 import pytest
 from matplotlib import image as mpimg
 
-from results.pareto import pareto_front
-from results.plots import plot_pareto, write_html
-from results.report import budget_summary, write_report
-from results.store import load_run
+from shiftnas.results.pareto import pareto_front
+from shiftnas.results.plots import plot_pareto, write_html
+from shiftnas.results.report import budget_summary, write_report
+from shiftnas.results.store import load_run
 
 from .fixtures import make_run, synthetic_run
 

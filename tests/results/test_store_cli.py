@@ -10,9 +10,10 @@ import types
 import pytest
 import torch
 
-from results.commands import register
-from results.store import load_run, parse_pick, select_trial
-from searchspace import ConfigError, build_model, decode_net
+from shiftnas.errors import ConfigError
+from shiftnas.results.commands import register
+from shiftnas.results.store import load_run, parse_pick, select_trial
+from shiftnas.searchspace import build_model, decode_net
 
 from .fixtures import make_run, synthetic_run
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from searchspace import (
-    ArchError,
+from shiftnas.errors import ArchError
+from shiftnas.searchspace import (
     BlockCfg,
     NetCfg,
     StageCfg,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evaluators.cost import net_cost
-from searchspace import build_model, create_preset, list_presets
+from shiftnas.evaluators.cost import net_cost
+from shiftnas.searchspace import build_model, create_preset, list_presets
 
 
 def n_params(model: torch.nn.Module) -> int:

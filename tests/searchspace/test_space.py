@@ -8,8 +8,9 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from evaluators.cost import net_cost
-from searchspace import SpaceError, build_model, load_space, sample, sample_random, validate
+from shiftnas.errors import SpaceError
+from shiftnas.evaluators.cost import net_cost
+from shiftnas.searchspace import build_model, load_space, sample, sample_random, validate
 
 
 def test_default_space_covers_every_dimension():

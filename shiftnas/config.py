@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ._errors import ConfigError, ShiftNASError
+from shiftnas.errors import ConfigError, ShiftNASError
 
 __all__ = ["FieldError", "check", "is_int", "is_num", "cfg_from_dict", "read_yaml", "int_arg"]
 
