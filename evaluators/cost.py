@@ -1,7 +1,7 @@
 """Analytic cost of a genome: params, MACs and memory traffic, per layer and per network.
 
 Computed from the `NetCfg` alone, without building or running the model, with
-the conventions of SHIFT_SPEC.md section 5: `params` counts every trainable
+the conventions of docs/spec.md section 5: `params` counts every trainable
 parameter (BN affine and learned shifts included); `macs` counts
 multiply-accumulates of convolutions and linear layers only; memory traffic
 is the bytes each layer reads (activations and weights) and writes for one
@@ -122,10 +122,10 @@ def _mid(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
 def _csc(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
     y = _mid(w, p, b, cin, cout, hw)
     w.bn(f"{p}.bn2", cout, y)
+    w.relu(f"{p}.act2", cout, y)  # on the branch, before the sum (spec section 4)
     if b.stride != 1 or cin != cout:
         w.shortcut(f"{p}.shortcut", cin, cout, hw, b.stride, b.down)
-    w.add(f"{p}.add", cout, y)
-    return w.relu(f"{p}.act2", cout, y)
+    return w.add(f"{p}.add", cout, y)
 
 
 def _asl_preact(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):

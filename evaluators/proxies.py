@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftnas.errors import ConfigError
-from shiftnas.kernels.modules import shift_parameters
+from shiftnas.kernels import shift_parameters
 from shiftnas.searchspace import NetCfg, build_model
 
 from .datasets import DataBundle
@@ -137,7 +137,7 @@ def compute_proxies(net: NetCfg | nn.Module, data: DataBundle,
                           f"got {batch_size}.")
     device = torch.device(device)
     if isinstance(net, NetCfg):
-        net = net.replace(in_chans=data.in_chans, input_size=data.input_size, classes=data.classes)
+        net = net.for_data(data.in_chans, data.classes, data.input_size)
         torch.manual_seed(seed)
         model = build_model(net)
     else:

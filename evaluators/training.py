@@ -4,7 +4,7 @@
 SGD, label smoothing and a one-cycle or cosine schedule, and reports the
 validation accuracy after every epoch to an optional `on_epoch` callback that
 may stop the run (pruning). Learned shift parameters get their own optimizer
-group (learning-rate multiplier, no weight decay; SHIFT_SPEC.md section 2) and
+group (learning-rate multiplier, no weight decay; docs/spec.md section 2) and
 sparse shifts add the L1 penalty of section 3. A diverging loss or an
 out-of-memory error ends the trial with a status and a reason instead of
 raising, so one bad architecture does not stop a search.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftnas.config import cfg_from_dict, check, is_int, is_num
-from shiftnas.kernels.modules import shift_parameters, sparse_l1
+from shiftnas.config import check, is_int, is_num
+from shiftnas.errors import ConfigError
+from shiftnas.kernels import active_shift_parameters, shift_parameters, sparse_l1
 from shiftnas.searchspace import NetCfg, build_model
 
 from .datasets import DataBundle
@@ -49,9 +50,9 @@ class TrainCfg:
     schedule: str = "onecycle"  # onecycle (warm up from lr/25, cosine to ~0) | cosine
     warmup: float = 0.15  # share of all steps spent warming up (0 = none)
     shift_lr_mult: float = 0.01  # learned-shift parameters: lr multiplier, no weight decay
-    shift_grad_norm: bool = False  # normalise each channel's shift gradient to unit norm (ASL)
+    shift_grad_norm: bool = True  # active shifts: each channel's (dalpha, dbeta) to unit norm (ASL; spec 2)
     sparse_l1: float = 1e-4  # lambda of the L1 penalty on sparse-shift offsets (SSL)
-    amp: str = "auto"  # bf16 autocast: auto (= on for CUDA) | on | off; never on the CPU
+    amp: str = "auto"  # bf16 autocast: auto (= on for CUDA) | on (CUDA only) | off
     channels_last: str = "auto"  # NHWC memory format: auto (= on for CUDA) | on | off
     max_batches_per_epoch: int | None = None  # cap on steps per epoch (None = full epochs)
     precise_bn: int = 8  # before validating, recompute BN statistics on this many batches (0 = off)
@@ -86,11 +87,6 @@ class TrainCfg:
         check(m is None or (is_int(m) and m >= 1), "max_batches_per_epoch",
                "must be an integer >= 1 or null", m)
         check(is_int(self.seed), "seed", "must be an integer", self.seed)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "train") -> TrainCfg:
-        """Strictly parse a mapping (e.g. a budget file's `train:` section)."""
-        return cfg_from_dict(cls, d, where)
 
 
 @dataclass
@@ -213,17 +209,16 @@ def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
     t_start = time.perf_counter()
     device = torch.device(device)
     cuda = device.type == "cuda"
+    if cfg.amp == "on" and not cuda:
+        raise ConfigError(f"train.amp: 'on' needs a CUDA device (bf16 autocast), got {device}; "
+                          f"use auto or off.")
     res = TrainResult(status="ok", accuracy=0.0)
     model = opt = None
     train_time, seen = 0.0, 0
     try:
         torch.manual_seed(cfg.seed)
         if isinstance(net, NetCfg):
-            if (net.in_chans, net.input_size, net.classes) != (
-                    data.in_chans, data.input_size, data.classes):
-                net = net.replace(in_chans=data.in_chans, input_size=data.input_size,
-                                  classes=data.classes)
-            model = build_model(net)
+            model = build_model(net.for_data(data.in_chans, data.classes, data.input_size))
         else:
             model = net
         channels_last = (cuda and cfg.channels_last != "off") or cfg.channels_last == "on"
@@ -233,7 +228,7 @@ def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_amp
                     else contextlib.nullcontext())
         opt = _make_optimizer(model, cfg)
-        shift = shift_parameters(model)
+        active = active_shift_parameters(model)
         gen = torch.Generator(device=device).manual_seed(cfg.seed)
 
         n = len(data.train_y)
@@ -265,7 +260,7 @@ def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.shift_grad_norm:
-                    _normalise_shift_grads(shift)
+                    _normalise_shift_grads(active)
                 opt.step()
                 loss_sum += loss.detach()
                 step += 1

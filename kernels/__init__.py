@@ -1,7 +1,7 @@
 """Shift operations: the pure-torch reference, Triton kernels, autograd and dispatch.
 
 Use the modules (`Shift`, `ActiveShift`, `SparseShift`) or the functional ops
-in `kernels.dispatch`; both pick the fastest backend for the tensor's device
+in `shiftnas.kernels.dispatch`; both pick the fastest backend for the tensor's device
 unless `SHIFTNAS_KERNELS=reference` forces the reference path.
 """
 
@@ -11,15 +11,18 @@ from .dispatch import available_backends, get_backend, register_backend
 from .modules import (
     ActiveShift,
     Shift,
+    ShiftConv1x1,
     SparseShift,
+    active_shift_parameters,
     shift_parameters,
-    shift_then_conv,
     sparse_l1,
+    spatial,
 )
 from .reference import NEIGHBOURHOODS, ShiftGroup, channel_offsets, shift_plan
 
 __all__ = [
     "NEIGHBOURHOODS", "ShiftGroup", "shift_plan", "channel_offsets",
-    "Shift", "ActiveShift", "SparseShift", "shift_parameters", "sparse_l1", "shift_then_conv",
+    "Shift", "ActiveShift", "SparseShift", "ShiftConv1x1", "spatial", "shift_parameters",
+    "active_shift_parameters", "sparse_l1",
     "get_backend", "register_backend", "available_backends",
 ]

@@ -1,12 +1,22 @@
-"""`nn.Module` wrappers of the shift ops, used by the builder and the exporter."""
+"""`nn.Module`s of the shift ops that run on the fastest backend (`kernels.dispatch`).
+
+They take the same arguments and hold the same parameters as the portable
+modules of `kernels.portable` (which the exported code uses), so state dicts
+move between the two. `ShiftConv1x1` is a fixed shift and the 1x1 convolution
+that reads it, run as one fused kernel where a backend has one: the builder
+puts it in place of such pairs (`searchspace.rewrite.fuse_shift_conv`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from . import dispatch
-from .reference import NEIGHBOURHOODS, channel_offsets, shift_plan
+from . import dispatch, portable
+from .reference import shift_plan
 
 
 class Shift(nn.Module):
@@ -26,36 +36,25 @@ class Shift(nn.Module):
         return f"{self.channels}, nbhd={self.nbhd}, stride={self.stride}, dilation={self.dilation}"
 
 
-class _LearnedShift(nn.Module):
+class ActiveShift(portable.LearnedShift):
+    """Active Shift Layer: learned real-valued per-channel offsets, bilinear (spec 2)."""
+
     def __init__(self, channels: int, stride: int = 1, init: str = "grid", nbhd: str = "8c",
                  backend: str | None = None):
-        super().__init__()
-        self.channels, self.stride, self.init, self.nbhd = channels, stride, init, nbhd
+        super().__init__(channels, stride, init, nbhd)
         self.backend = backend
-        # theta[c] = (alpha_c, beta_c): vertical and horizontal offsets of channel c.
-        self.theta = nn.Parameter(torch.empty(channels, 2))
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        with torch.no_grad():
-            if self.init == "uniform":
-                self.theta.uniform_(-1.0, 1.0)
-            else:
-                self.theta.copy_(channel_offsets(shift_plan(self.channels, self.nbhd)))
-
-    def extra_repr(self) -> str:
-        return f"{self.channels}, stride={self.stride}, init={self.init}, nbhd={self.nbhd}"
-
-
-class ActiveShift(_LearnedShift):
-    """Active Shift Layer: learned real-valued per-channel offsets, bilinear (spec 2)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dispatch.active_shift(x, self.theta, self.stride, backend=self.backend)
 
 
-class SparseShift(_LearnedShift):
+class SparseShift(portable.LearnedShift):
     """Sparse Shift Layer: learned offsets, rounded in the forward pass (spec 3)."""
+
+    def __init__(self, channels: int, stride: int = 1, init: str = "grid", nbhd: str = "8c",
+                 backend: str | None = None):
+        super().__init__(channels, stride, init, nbhd)
+        self.backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dispatch.sparse_shift(x, self.theta, self.stride, backend=self.backend)
@@ -65,35 +64,55 @@ class SparseShift(_LearnedShift):
         return self.theta.abs().sum()
 
 
+class ShiftConv1x1(nn.Conv2d):
+    """`conv1x1(shift(x))` for a fixed shift, as one op (the fused kernel where there is one).
+
+    A 1x1 convolution (it *is* an `nn.Conv2d`, so hooks, proxies and BN folding
+    see its weight) that reads its input through `shift`. A stride-s convolution
+    after a stride-1 shift equals a stride-1 convolution after a stride-s shift,
+    so the two strides combine. The state dict is the convolution's: fusing
+    changes how a network runs, never its parameters.
+    """
+
+    def __init__(self, shift: Shift, conv: nn.Conv2d):
+        if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding != (0, 0) \
+                or conv.stride[0] != conv.stride[1]:
+            raise ValueError(f"ShiftConv1x1 fuses a plain 1x1 convolution, got {conv}.")
+        super().__init__(conv.in_channels, conv.out_channels, 1, stride=conv.stride,
+                         bias=conv.bias is not None, device=conv.weight.device,
+                         dtype=conv.weight.dtype)
+        self.weight, self.bias = conv.weight, conv.bias
+        self.shift = shift
+        self.plan, self.total_stride = shift.plan, shift.stride * conv.stride[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = dispatch.get_backend(x, self.shift.backend)
+        if b.name == "reference":  # two modules' worth of work: keep the plain ops
+            return F.conv2d(self.shift(x), self.weight, self.bias, self.stride)
+        y = b.shift_conv1x1(x, self.plan, self.total_stride, self.weight)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1).to(y.dtype)
+
+
+def spatial(kind: str, nbhd: str = "8c", init: str = "grid") -> Callable[[int, int], nn.Module]:
+    """A block's spatial-op factory that builds the dispatching shift modules above."""
+    return portable.spatial(kind, nbhd, init, shifts=(Shift, ActiveShift, SparseShift))
+
+
 def shift_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The learned-shift parameters of `model` (they get their own optimizer group)."""
-    return [m.theta for m in model.modules() if isinstance(m, _LearnedShift)]
+    return [m.theta for m in model.modules() if isinstance(m, portable.LearnedShift)]
+
+
+def active_shift_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The offsets of the active (bilinear) shifts only: the ones gradient normalisation scales."""
+    return [m.theta for m in model.modules() if isinstance(m, (ActiveShift, portable.ActiveShift))]
 
 
 def sparse_l1(model: nn.Module) -> torch.Tensor | float:
     """Sum of the L1 penalties of every sparse shift in `model` (0.0 when there are none)."""
-    terms = [m.l1() for m in model.modules() if isinstance(m, SparseShift)]
+    terms = [m.l1() for m in model.modules() if isinstance(m, (SparseShift, portable.SparseShift))]
     return torch.stack(terms).sum() if terms else 0.0
 
 
-def shift_then_conv(shift: nn.Module, conv: nn.Conv2d, x: torch.Tensor, fuse: bool) -> torch.Tensor:
-    """`conv(shift(x))`, through the fused shift+1x1 kernel when allowed.
-
-    Fusion applies to a fixed `Shift` followed by a bias-free 1x1 convolution
-    when a fast backend serves `x`; the strides combine (see
-    `reference.shift_conv1x1`). On the reference backend the two modules run
-    as modules, so module hooks see the convolution. State dicts never change:
-    fusion is only how the two modules run.
-    """
-    if (fuse and isinstance(shift, Shift) and conv.kernel_size == (1, 1) and conv.bias is None
-            and conv.groups == 1 and conv.padding == (0, 0)
-            and dispatch.get_backend(x, shift.backend).name != "reference"):
-        if conv.stride[0] != conv.stride[1]:
-            return conv(shift(x))
-        stride = shift.stride * conv.stride[0]
-        return dispatch.shift_conv1x1(x, shift.plan, stride, conv.weight, backend=shift.backend)
-    return conv(shift(x))
-
-
-__all__ = ["Shift", "ActiveShift", "SparseShift", "shift_parameters", "sparse_l1",
-           "shift_then_conv", "NEIGHBOURHOODS"]
+__all__ = ["Shift", "ActiveShift", "SparseShift", "ShiftConv1x1", "spatial", "shift_parameters",
+           "active_shift_parameters", "sparse_l1"]

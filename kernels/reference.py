@@ -1,4 +1,4 @@
-"""Pure-torch shift operations, exactly as SHIFT_SPEC.md defines them.
+"""Pure-torch shift operations, exactly as docs/spec.md defines them.
 
 These are the reference that every faster kernel is tested against, and the
 path used on the CPU. The integer shift is a handful of slice copies into a
@@ -14,6 +14,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .portable import OFFSETS
+
 
 @dataclass(frozen=True)
 class Neighbourhood:
@@ -27,14 +29,8 @@ class Neighbourhood:
         return len(self.offsets) + 1
 
 
-def _grid(r: int) -> tuple[tuple[int, int], ...]:
-    return tuple((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if (dy, dx) != (0, 0))
-
-
 NEIGHBOURHOODS: dict[str, Neighbourhood] = {
-    "4c": Neighbourhood("4c", ((-1, 0), (0, -1), (0, 1), (1, 0))),
-    "8c": Neighbourhood("8c", _grid(1)),
-    "5x5": Neighbourhood("5x5", _grid(2)),
+    name: Neighbourhood(name, tuple(offsets)) for name, offsets in OFFSETS.items()
 }
 
 

@@ -224,7 +224,7 @@ def _choice_counts(trials: Sequence[TrialRecord]) -> dict[str, Counter]:
                 continue
             out["spatial op"][b.kind] += 1
             out["expansion e"][f"e{b.e:g}"] += 1
-            if b.kind in SHIFT_KINDS and "nbhd" in b.uses:
+            if b.kind in SHIFT_KINDS and "nbhd" in b.used_fields:
                 out["neighbourhood"][b.nbhd] += 1
             if b.family == "bottleneck3":
                 out["placement"][b.placement] += 1

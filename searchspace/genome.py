@@ -1,5 +1,5 @@
 """The genome: frozen dataclasses for a block, a stage and a network, their
-compact canonical strings, validation against SHIFT_SPEC.md, and `archid`.
+compact canonical strings, validation against docs/spec.md, and `archid`.
 
 An architecture is data. Everything else (the builder, the cost model, the
 exporter, the search) reads these dataclasses; nothing stores architecture
@@ -30,7 +30,7 @@ DOWNS = ("conv", "shift", "avgpool")
 SKELETONS = ("cifar", "imagenet")
 STEMS = ("conv3x3", "conv3x3_nobn", "conv3x3s2_nobn", "conv7x7s2_maxpool")
 
-# Where each family may take its stride (see the block classes in builder.py).
+# Where each family may take its stride (see the block classes in blocks.py).
 FAMILY_DOWNS = {
     "csc": ("conv", "shift", "avgpool"),
     "asl_preact": ("shift", "conv", "avgpool"),
@@ -39,13 +39,26 @@ FAMILY_DOWNS = {
 }
 # The stride each family takes when nothing else is said (the published blocks).
 DEFAULT_DOWN = {f: d[0] for f, d in FAMILY_DOWNS.items()}
-# Block fields that each family uses; the others are ignored (and not encoded).
+# Block fields that each family may use, in the order they are decided: whether a
+# field is used can depend on the ones before it (nbhd on kind and init), never after.
 FAMILY_FIELDS = {
-    "csc": ("kind", "nbhd", "init", "e", "stride", "down"),
-    "asl_preact": ("kind", "nbhd", "init", "e", "stride", "down"),
-    "bottleneck3": ("kind", "nbhd", "init", "placement", "e", "stride", "down"),
+    "csc": ("kind", "init", "nbhd", "e", "stride", "down"),
+    "asl_preact": ("kind", "init", "nbhd", "e", "stride", "down"),
+    "bottleneck3": ("kind", "init", "nbhd", "placement", "e", "stride", "down"),
     "basic": ("stride", "down"),
 }
+
+
+def allowed_downs(family: str, placement: str = "single") -> tuple[str, ...]:
+    """Where a stride-2 block of this family may take its stride.
+
+    A `single`-placement bottleneck3 has no shift before its first 1x1, so it
+    cannot take its stride in a shift.
+    """
+    downs = FAMILY_DOWNS[family]
+    if family == "bottleneck3" and placement == "single":
+        downs = tuple(d for d in downs if d != "shift")
+    return downs
 
 
 def mid_width(e: float, c_out: int) -> int:
@@ -100,8 +113,12 @@ class BlockCfg:
         object.__setattr__(self, "down", down)
 
     @property
-    def uses(self) -> tuple[str, ...]:
-        """Fields that change this block's network (the rest are ignored)."""
+    def used_fields(self) -> tuple[str, ...]:
+        """Fields that change this block's network, in deciding order (the rest are ignored).
+
+        The one rule for "which fields matter": encoding, sampling, validation and
+        the builder all ask it.
+        """
         used = list(FAMILY_FIELDS[self.family])
         if self.kind not in SHIFT_KINDS:
             used = [f for f in used if f not in ("nbhd", "init")]
@@ -115,7 +132,7 @@ class BlockCfg:
 
     def canonical(self) -> BlockCfg:
         """The same block with unused fields at their defaults (equal blocks compare equal)."""
-        used = set(self.uses)
+        used = set(self.used_fields)
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name != "family"}
         return dataclasses.replace(
             self, **{k: v for k, v in defaults.items() if k not in used}
@@ -194,6 +211,10 @@ class NetCfg:
     def replace(self, **kw) -> NetCfg:
         return dataclasses.replace(self, **kw)
 
+    def for_data(self, in_chans: int, classes: int, input_size: int) -> NetCfg:
+        """The same network for a data set's channels, classes and resolution."""
+        return dataclasses.replace(self, in_chans=in_chans, classes=classes, input_size=input_size)
+
 
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
@@ -214,7 +235,7 @@ _VOCAB = {
 
 def encode_block(b: BlockCfg) -> str:
     """Canonical string of a block; see `decode_block` for the grammar."""
-    used = b.uses
+    used = b.used_fields
     toks = [b.family]
     for f in ("kind", "nbhd", "init", "placement"):
         if f in used:
@@ -270,7 +291,7 @@ def decode_block(s: str) -> BlockCfg:
         b = BlockCfg(**kw)  # type: ignore[arg-type]
     except ArchError as exc:
         raise ArchError(f"block {s!r}: {exc}") from None
-    unused = [k for k in kw if k != "family" and k not in b.uses and k != "stride"]
+    unused = [k for k in kw if k != "family" and k not in b.used_fields and k != "stride"]
     if unused:
         raise ArchError(
             f"block {s!r}: {unused[0]!r} is not used by a {b.family} block "
@@ -372,13 +393,14 @@ def validate(net: NetCfg) -> NetCfg:
         if not path.endswith(".b0") and b.stride != 1:
             raise ArchError(f"{where}: only the first block of a stage may have stride "
                             f"{b.stride}; use stride 1.")
-        if b.family == "bottleneck3" and b.stride > 1 and b.down == "shift" \
-                and b.placement == "single":
-            raise ArchError(f"{where}: a bottleneck3 block takes its stride in the shift only "
-                            f"with `multi` placement (a shift before the first 1x1); use "
-                            f"down=avgpool or down=conv.")
+        if b.stride > 1 and b.down not in allowed_downs(b.family, b.placement):
+            raise ArchError(f"{where}: a {b.placement}-placement {b.family} block cannot take "
+                            f"its stride in {b.down!r}; use one of "
+                            f"{list(allowed_downs(b.family, b.placement))}"
+                            + (" or `multi` placement (a shift before the first 1x1)."
+                               if b.family == "bottleneck3" else "."))
         groups = NEIGHBOURHOODS[b.nbhd].groups
-        if b.kind == "fixed" or (b.kind in ("active", "sparse") and b.init == "grid"):
+        if "nbhd" in b.used_fields:  # the groups are real: fixed, or learned from the grid
             for w in shift_widths(b, c_in, c_out):
                 if w < groups:
                     raise ArchError(f"{where}: a {b.nbhd} shift needs at least {groups} channels "

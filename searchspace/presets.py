@@ -1,4 +1,4 @@
-"""Reference architectures of SHIFT_SPEC.md section 6, registered by name.
+"""Reference architectures of docs/spec.md section 6, registered by name.
 
 Each preset is a genome (`NetCfg`); `create_preset("shiftresnet20_e3")` returns
 it, `list_presets("shiftresnet*")` lists names. AS-ResNet names are

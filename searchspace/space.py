@@ -40,18 +40,18 @@ from shiftnas.errors import SpaceError
 from .genome import (
     DOWNS,
     FAMILIES,
-    FAMILY_DOWNS,
+    FAMILY_FIELDS,
     INITS,
     KINDS,
     MAX_E,
     NBHDS,
     PLACEMENTS,
-    SHIFT_KINDS,
     SKELETONS,
     STEMS,
     BlockCfg,
     NetCfg,
     StageCfg,
+    allowed_downs,
 )
 
 SPACES_DIR = Path(__file__).parent / "spaces"
@@ -245,20 +245,14 @@ def _parse(d: Any, where: str) -> Space:
 Suggest = Callable[[str, list], Any]
 
 
-def allowed_downs(family: str, placement: str) -> tuple[str, ...]:
-    """Where a stride-2 block of this family may take its stride."""
-    downs = FAMILY_DOWNS[family]
-    if family == "bottleneck3" and placement == "single":
-        downs = tuple(d for d in downs if d != "shift")
-    return downs
-
-
 def sample_with(space: Space, suggest: Suggest) -> NetCfg:
     """Draw a network, asking `suggest(name, choices)` for each decision that matters.
 
     Names are stable and static (`s1.depth`, `s1.b0.family`, `s2.nbhd`,
     `s1.b0.down.csc`), so each name always has the same choices, as Optuna's
     samplers require. Shared (`per: stage|network`) decisions are asked once.
+    A block's fields are asked in `FAMILY_FIELDS` order, each only if the block
+    uses it given the answers so far (`BlockCfg.used_fields`).
     """
     asked: dict[str, Any] = {}
 
@@ -285,22 +279,18 @@ def sample_with(space: Space, suggest: Suggest) -> NetCfg:
         blocks = []
         for j in range(depth):
             kw: dict[str, Any] = {"family": field(i, j, "family"), "stride": st.stride if j == 0 else 1}
-            if kw["family"] != "basic":
-                kw["kind"] = field(i, j, "kind")
-                kw["e"] = field(i, j, "e")
-                if kw["family"] == "bottleneck3":
-                    kw["placement"] = field(i, j, "placement")
-                if kw["kind"] in ("active", "sparse"):
-                    kw["init"] = field(i, j, "init")
-                if kw["kind"] == "fixed" or (kw["kind"] in SHIFT_KINDS and kw["init"] == "grid"):
-                    kw["nbhd"] = field(i, j, "nbhd")
-            if kw["stride"] > 1:
-                ok = allowed_downs(kw["family"], kw.get("placement", "single"))
-                offered = tuple(d for d in space.stages[i].block["down"].values if d in ok)
-                # The name carries what restricts the choices, so each name's choices are fixed.
-                single_b3 = kw["family"] == "bottleneck3" and kw.get("placement") == "single"
-                tag = "." + kw["family"] + ("-single" if single_b3 else "")
-                kw["down"] = field(i, j, "down", offered or ("",), tag)
+            for key in FAMILY_FIELDS[kw["family"]]:
+                if key == "stride" or key not in BlockCfg(**kw).used_fields:
+                    continue
+                if key == "down":
+                    ok = allowed_downs(kw["family"], kw.get("placement", "single"))
+                    offered = tuple(d for d in space.stages[i].block["down"].values if d in ok)
+                    # The name carries what restricts the choices, so each name's choices are fixed.
+                    single_b3 = kw["family"] == "bottleneck3" and kw.get("placement") == "single"
+                    tag = "." + kw["family"] + ("-single" if single_b3 else "")
+                    kw["down"] = field(i, j, "down", offered or ("",), tag)
+                else:
+                    kw[key] = field(i, j, key)
             blocks.append(BlockCfg(**kw).canonical())
         stages.append(StageCfg(width, tuple(blocks)))
     return NetCfg(tuple(stages), space.skeleton, space.stem, stem_width,

@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
+from shiftnas.config import cfg_from_dict
 from shiftnas.errors import ConfigError
-from shiftnas.evaluators import BlockLatencyTable, LatencyCfg, device_lock, fold_bn, measure_latency
-from shiftnas.evaluators.latency import BiasAdd
-from shiftnas.searchspace import build_model, create_preset, decode_net
+from shiftnas.evaluators import LatencyCfg, device_lock, measure_latency
+from shiftnas.evaluators.predictor import BlockLatencyTable
+from shiftnas.kernels import ShiftConv1x1
+from shiftnas.searchspace import build_model, create_preset, decode_net, fold_bn
 
 FAST = dict(warmup=1, repeats=5)
 
@@ -58,12 +60,14 @@ def test_fold_bn_keeps_the_function(arch):
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # original untouched
 
 
-def test_fold_bn_keeps_fused_convolutions_bias_free():
+def test_fold_bn_folds_into_fused_shift_convolutions():
     model = build_model(decode_net(NETS[0]))
-    folded = fold_bn(model)
-    blk = folded.stages[0][0]
-    assert blk.conv2.bias is None and isinstance(blk.bn2, BiasAdd)  # reads a fixed shift
-    assert blk.conv1.bias is not None and isinstance(blk.bn1, nn.Identity)
+    blk = model.stages[0][0]
+    assert isinstance(blk.conv2, ShiftConv1x1) and isinstance(blk.shift, nn.Identity)
+    folded = fold_bn(model).stages[0][0]
+    assert isinstance(folded.conv2, ShiftConv1x1) and folded.conv2.bias is not None
+    assert isinstance(folded.bn2, nn.Identity) and isinstance(folded.bn1, nn.Identity)
+    assert set(model.state_dict()) == set(build_model(decode_net(NETS[0]), fuse=False).state_dict())
 
 
 def test_measure_latency_statistics_and_cache(tmp_path):
@@ -128,8 +132,11 @@ def test_block_table_measures_each_part_once(tmp_path):
     err = table.predictor_error([a, b])
     assert err["n"] == 2 and err["mean_abs_pct"] >= 0 and 0 <= err["within_10pct"] <= 1
     assert {"archid", "predicted_ms", "measured_ms"} <= set(err["rows"][0])
-    exact = table.predictor_error([a], measured=[table.predict(a)])
-    assert exact["mean_abs_pct"] == 0 and exact["within_10pct"] == 1
+    # Hand-made measurements 10% and 50% above the prediction: errors 1/11 and 1/3.
+    pa, pb = table.predict(a), table.predict(b)
+    err = table.predictor_error([a, b], measured=[1.1 * pa, 1.5 * pb])
+    assert err["mean_abs_pct"] == pytest.approx(100 * (0.1 / 1.1 + 0.5 / 1.5) / 2)
+    assert err["within_10pct"] == 0.5
 
 
 def test_block_table_calibration_is_the_median_ratio(tmp_path):
@@ -143,14 +150,15 @@ def test_block_table_calibration_is_the_median_ratio(tmp_path):
 
 
 def test_latencycfg_from_dict_strict():
-    c = LatencyCfg.from_dict({"batch_size": [1, 8], "repeats": 20})
-    assert c.batch_sizes == (1, 8)
+    c = cfg_from_dict(LatencyCfg, {"batch_size": 8, "repeats": 20}, "latency")
+    assert c.batch_size == 8 and c.repeats == 20
     with pytest.raises(ConfigError, match=r"budget\.latency\.repeat: unknown key; allowed"):
-        LatencyCfg.from_dict({"repeat": 3}, "budget.latency")
+        cfg_from_dict(LatencyCfg, {"repeat": 3}, "budget.latency")
     with pytest.raises(ConfigError, match=r"latency\.dtype: must be one of"):
-        LatencyCfg.from_dict({"dtype": "int8"})
-    with pytest.raises(ConfigError, match=r"latency\.batch_size: must be an integer >= 1"):
-        LatencyCfg.from_dict({"batch_size": [1, 0]})
+        cfg_from_dict(LatencyCfg, {"dtype": "int8"}, "latency")
+    # A list would be accepted and then only its first size measured: one size per search.
+    with pytest.raises(ConfigError, match=r"latency\.batch_size: must be one integer >= 1"):
+        cfg_from_dict(LatencyCfg, {"batch_size": [1, 8]}, "latency")
     with pytest.raises(ConfigError, match="cudagraph"):
         measure_latency(create_preset("resnet20", input_size=8), LatencyCfg(backend="cudagraph",
                                                                             **FAST))

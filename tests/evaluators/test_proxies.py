@@ -47,41 +47,47 @@ def test_proxies_see_the_shift_offsets(digits, small_net):
         assert before[name] != after[name], name
 
 
-def test_synflow_counts_theta_terms():
-    # conv -> active shift -> conv: with theta away from integers, dR/dtheta is
-    # non-zero, so synflow must exceed the weights-only sum.
-    torch.manual_seed(0)
-    shift = ActiveShift(4, init="uniform")
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), shift, nn.Conv2d(4, 2, 1),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    score = synflow(model, (1, 1, 6, 6))
-    m = model.double()
+def _set(layer: nn.Module, weight: list) -> nn.Module:
     with torch.no_grad():
-        for p in m.parameters():
-            if p is not shift.theta:
-                p.abs_()
-    r = m(torch.ones(1, 1, 6, 6, dtype=torch.float64)).sum()
-    r.backward()
+        layer.weight.copy_(torch.tensor(weight, dtype=layer.weight.dtype).view_as(layer.weight))
+    return layer
+
+
+def test_synflow_matches_a_hand_computation():
+    # Ones (1, 1, 2, 2) -> 1x1 conv to 2 channels (|w| = 0.5, 2) -> Linear(8 -> 1) with |c| per
+    # channel (1, 2, 3, 4) and (0.5, 0.5, 0.5, 0.5): R = 0.5*10 + 2*2 = 9. Each weight's term
+    # |p dR/dp| sums to R per layer, so synflow = log(2 R) = log(18).
+    model = nn.Sequential(_set(nn.Conv2d(1, 2, 1, bias=False), [0.5, -2.0]), nn.Flatten(),
+                          _set(nn.Linear(8, 1, bias=False), [1, -2, 3, 4, 0.5, 0.5, -0.5, 0.5]))
+    assert synflow(model, (1, 1, 2, 2)) == pytest.approx(math.log(18.0), rel=1e-12)
+
+
+def test_synflow_counts_the_shift_offsets():
+    # Ones (1, 1, 1, 3) -> 1x1 conv (w = 2): h = [2, 2, 2] -> active shift theta = (0, 0.5):
+    # y_j = (h_j + h_{j+1}) / 2 = [2, 2, 1] (zero beyond the edge) -> Linear([1, 2, 3]): R = 9.
+    # Terms: Linear sum c_j y_j = 9; conv w dR/dw = 9 (R = 4.5 w); beta dR/dbeta =
+    # 0.5 * |sum_j c_j (h_{j+1} - h_j)| = 0.5 * |3 * (0 - 2)| = 3; alpha's term is 0 * ... = 0.
+    shift = ActiveShift(1, init="uniform", backend="reference")
     with torch.no_grad():
-        weights_only = float(sum((p * p.grad).abs().sum() for p in m.parameters()
-                                 if p is not shift.theta))
-        theta_term = float((shift.theta * shift.theta.grad).abs().sum())
-    assert theta_term > 0
-    assert score == pytest.approx(math.log(weights_only + theta_term), rel=1e-9)
+        shift.theta.copy_(torch.tensor([[0.0, 0.5]]))
+    model = nn.Sequential(_set(nn.Conv2d(1, 1, 1, bias=False), [2.0]), shift, nn.Flatten(),
+                          _set(nn.Linear(3, 1, bias=False), [1.0, 2.0, 3.0]))
+    assert synflow(model, (1, 1, 1, 3)) == pytest.approx(math.log(21.0), rel=1e-12)
 
 
 def test_naswot_matches_a_hand_computation():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 6), nn.ReLU())
-    x = torch.randn(4, 5)
+    # Four inputs, three ReLU units: pre-activations x W^T + b with W = [[1, 0], [0, 1], [1, 1]],
+    # b = [0, 0, -1.5] give the codes 111, 100, 010, 000. The kernel counts the units on which
+    # two codes agree:
+    k = torch.tensor([[3, 1, 1, 0],
+                      [1, 3, 1, 2],
+                      [1, 1, 3, 2],
+                      [0, 2, 2, 3]], dtype=torch.float64)
+    lin = _set(nn.Linear(2, 3), [[1, 0], [0, 1], [1, 1]])
     with torch.no_grad():
-        h1 = model[1](model[0](x))
-        h2 = model[3](model[2](h1))
-    k = torch.zeros(4, 4, dtype=torch.float64)
-    for h in (h1, h2):
-        c = (h > 0).double()
-        k += c @ c.T + (1 - c) @ (1 - c).T
-    assert naswot(model, x) == pytest.approx(torch.linalg.slogdet(k)[1].item())
+        lin.bias.copy_(torch.tensor([0.0, 0.0, -1.5]))
+    x = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert naswot(nn.Sequential(lin, nn.ReLU()), x) == pytest.approx(math.log(torch.det(k).item()))
 
 
 def test_naswot_is_finite_for_identical_inputs():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from shiftnas.config import cfg_from_dict
 from shiftnas.errors import ConfigError
 from shiftnas.evaluators import DataCfg, TrainCfg, load_data, train
 from shiftnas.evaluators.training import _normalise_shift_grads, lr_factor
@@ -114,19 +115,19 @@ def test_schedules():
 
 
 def test_traincfg_from_dict_strict():
-    c = TrainCfg.from_dict({"epochs": 3, "lr": "5e-2", "weight_decay": 0})
+    c = cfg_from_dict(TrainCfg, {"epochs": 3, "lr": "5e-2", "weight_decay": 0}, "train")
     assert c.lr == 0.05 and c.weight_decay == 0.0 and isinstance(c.weight_decay, float)
     with pytest.raises(ConfigError, match=r"budget\.train\.epoch: unknown key; allowed: \["):
-        TrainCfg.from_dict({"epoch": 3}, "budget.train")
+        cfg_from_dict(TrainCfg, {"epoch": 3}, "budget.train")
     with pytest.raises(ConfigError, match=r"train\.schedule: must be one of \['onecycle', "
                                           r"'cosine'\], got 'step'"):
-        TrainCfg.from_dict({"schedule": "step"})
+        cfg_from_dict(TrainCfg, {"schedule": "step"}, "train")
     with pytest.raises(ConfigError, match=r"train\.lr: must be a finite number > 0, got -1"):
-        TrainCfg.from_dict({"lr": -1})
+        cfg_from_dict(TrainCfg, {"lr": -1}, "train")
     with pytest.raises(ConfigError, match=r"train\.epochs: must be an integer >= 1, got 2\.5"):
-        TrainCfg.from_dict({"epochs": 2.5})
+        cfg_from_dict(TrainCfg, {"epochs": 2.5}, "train")
     with pytest.raises(ConfigError, match=r"train\.amp: must be one of"):
-        TrainCfg.from_dict({"amp": True})
+        cfg_from_dict(TrainCfg, {"amp": True}, "train")
     assert not math.isnan(TrainCfg().warmup)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -10,9 +11,17 @@ import textwrap
 import pytest
 import torch
 
+from shiftnas.kernels import portable
 from shiftnas.kernels.modules import ActiveShift, SparseShift
 from shiftnas.results.export import export_arch, export_code, load_exported
-from shiftnas.searchspace import build_model, create_preset, decode_net, load_space, sample_random
+from shiftnas.searchspace import (
+    blocks,
+    build_model,
+    create_preset,
+    decode_net,
+    load_space,
+    sample_random,
+)
 
 # Runs in a fresh `python -I` (no project on sys.path; the editable install's
 # finder is dropped and project packages are blocked), so the exported files
@@ -24,7 +33,8 @@ _DRIVER = textwrap.dedent('''
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"searchspace", "kernels", "results", "nas", "evaluators"}:
+            if name.split(".")[0] in {"shiftnas", "searchspace", "kernels", "results", "nas",
+                                      "evaluators"}:
                 raise ImportError(f"exported code must not import {name}")
             return None
 
@@ -113,20 +123,29 @@ def test_exported_models_match_builder_in_fresh_interpreter(tmp_path):
                                    msg=lambda m, net=net: f"{net.encode()}: {m}")
 
 
-def test_exported_source_imports_only_torch_and_emits_used_blocks_only():
+def _top_defs(src: str) -> dict[str, str]:
+    """Source text of every top-level class and function, by name."""
+    tree = ast.parse(src)
+    return {n.name: ast.get_source_segment(src, n) for n in tree.body
+            if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+
+
+def test_exported_source_is_the_builders_source():
     net = create_preset("shiftresnet20_e3")
     src = export_code(net, {"accuracy": 0.91, "params": 95642})
     tree = ast.parse(src)
     mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert mods <= {"torch", "math", "typing", "collections", "__future__"}
-    classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-    assert "CscBlock" in classes and "Shift" in classes
-    assert not classes & {"BasicBlock", "Bottleneck3Block", "AslPreactBlock", "ActiveShift",
-                          "SparseShift"}
-    assert net.encode() in src and "accuracy: 0.91" in src
-    funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-    assert "create_model" in funcs
+    assert mods <= {"torch", "collections", "__future__"}
+    exported = _top_defs(src)
+    # Every block, stem, network and shift-op definition is the package's own, byte for byte.
+    for module in (blocks, portable):
+        own = _top_defs(inspect.getsource(module))
+        assert {"CscBlock", "ShiftNet", "Stem"} <= set(own) or {"Shift", "spatial"} <= set(own)
+        for name, text in own.items():
+            assert exported.get(name) == text, f"{module.__name__}.{name} differs in model.py"
+    assert net.encode() in src and "accuracy: 0.91" in src and "docs/spec.md" in src
+    assert "create_model" in exported
 
 
 def test_imagenet_preset_state_dict_keys_match(tmp_path):
@@ -179,7 +198,7 @@ def test_export_arch_writes_files_and_onnx_matches(tmp_path, exporter):
     arch = ("cifar-conv3x3-w32-c3-n10-i16|32:csc-fixed-8c-e1-s1,asl_preact-active-uniform-e1-s1"
             "|64:bottleneck3-sparse-4c-grid-multi-e1-s2-dshift,csc-fixed-5x5-e1-s1"
             "|96:csc-active-8c-grid-e1-s2-dshift,basic-s1")
-    net = __import__("searchspace").decode_net(arch)
+    net = decode_net(arch)
     model = build_model(net)
     _randomise(model, 3)
     torch.save(model.state_dict(), tmp_path / "w.pt")

@@ -54,7 +54,7 @@ def test_asresnet_layout_follows_the_spec():
 
 
 def test_shift4c_layout_follows_the_spec():
-    m = build_model(create_preset("shift4c_resnet50"))
+    m = build_model(create_preset("shift4c_resnet50"), fuse=False)  # the blocks as written
     assert [len(s) for s in m.stages] == [3, 4, 6, 3]
     b = m.stages[1][0]
     assert b.conv1.out_channels == 128 and b.conv3.out_channels == 512  # M = planes, C_out = 4 planes
