@@ -1,12 +1,13 @@
 """Data sets for proxy training, held as tensors on the training device.
 
 `digits` (scikit-learn's bundled 8x8 handwritten digits) needs no download and
-is the default; `cifar10` / `cifar100` read the python-pickle directories and
-`imagefolder` reads one sub-folder of images per class. Training and validation
-both come from the training set (`val_fraction`, split with `seed`); the test
-split is never used for search. Images are normalised per channel with
-training statistics and augmented on the device (`DataBundle.augment`), so a
-training step does no host work.
+is the default; `fashion_mnist`, `mnist` and `kmnist` read the four IDX files
+(found as `evaluators.fetch` describes); `cifar10` / `cifar100` read the
+python-pickle directories and `imagefolder` reads one sub-folder of images per
+class. Training and validation both come from the training set (`val_fraction`,
+split with `seed`); the test split is never used for search. Images are
+normalised per channel with training statistics and augmented on the device
+(`DataBundle.augment`), so a training step does no host work.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ import torch.nn.functional as F
 from shiftnas.config import cfg_from_dict, check, is_int, is_num
 from shiftnas.errors import ConfigError
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+from ._idx import read_idx_split
+from .fetch import IDX_DATASETS, locate
+
+DATASETS = ("digits", *IDX_DATASETS, "cifar10", "cifar100", "imagefolder")
+NEEDS_PATH = ("cifar10", "cifar100", "imagefolder")  # no default location: data.path is required
+_NO_FLIP = ("digits", "mnist", "kmnist")  # a mirrored digit or character is another glyph
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-# ----------------------------------------------------------------------------
-# Strict configs (shared by every *Cfg of this package)
-# ----------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------
@@ -43,12 +44,13 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"
 class DataCfg:
     """Which data set, where it lives, and how it is split and sized."""
 
-    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder
-    path: str | None = None  # data directory (cifar*, imagefolder); unused for digits
+    name: str = "digits"  # one of DATASETS
+    path: str | None = None  # data directory: required for cifar*, imagefolder; optional for
+    # fashion_mnist, mnist, kmnist (see evaluators.fetch for where they are looked for)
     val_fraction: float = 0.2  # share of the training set held out for validation
     subset: int | None = None  # at most this many training examples (None = all)
     resolution: int | None = None  # resize once at load (imagefolder: default 32)
-    augment: bool = True  # random crop with padding (+ horizontal flip, except digits)
+    augment: bool = True  # random crop with padding (+ horizontal flip, except digits/mnist/kmnist)
     seed: int = 0  # seed of the train/validation split and the subset
 
     def __post_init__(self) -> None:
@@ -57,7 +59,7 @@ class DataCfg:
                "must be a directory path", self.path)
         if isinstance(self.path, Path):
             object.__setattr__(self, "path", str(self.path))
-        check(self.name == "digits" or bool(self.path), "path",
+        check(self.name not in NEEDS_PATH or bool(self.path), "path",
                f"is required for the {self.name} data set (its data directory)", self.path)
         check(is_num(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction",
                "must be a number in (0, 1)", self.val_fraction)
@@ -138,6 +140,13 @@ def _unpickle(path: Path) -> dict:
             return pickle.load(f, encoding="bytes")
     except Exception as exc:  # truncated file, not a pickle, ...
         raise ConfigError(f"{path}: cannot be read as a CIFAR python pickle ({exc}).") from None
+
+
+def _idx(name: str, path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split of an IDX data set (10 classes), looked up as `evaluators.fetch` says."""
+    directory, _ = locate(name, path)
+    x, y = read_idx_split(directory, "train", classes=10)
+    return torch.from_numpy(x[:, None].copy()), torch.from_numpy(y.astype(np.int64))
 
 
 _CIFAR = {
@@ -233,6 +242,9 @@ def load_data(cfg: DataCfg, device: str | torch.device = "cpu") -> DataBundle:
     if cfg.name == "digits":
         x, y = _digits()
         classes, chans, default_size = 10, 1, 8
+    elif cfg.name in IDX_DATASETS:
+        x, y = _idx(cfg.name, cfg.path)
+        classes, chans, default_size = 10, 1, x.shape[-1]
     elif cfg.name in _CIFAR:
         x, y, classes = _cifar(cfg.name, str(cfg.path))
         chans, default_size = 3, 32
@@ -268,6 +280,6 @@ def load_data(cfg: DataCfg, device: str | torch.device = "cpu") -> DataBundle:
         name=cfg.name, train_x=tx.contiguous(), train_y=y[train_idx].to(device),
         val_x=vx.contiguous(), val_y=y[val_idx].to(device), in_chans=chans, classes=classes,
         input_size=size, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
-        pad=max(1, size // 8) if cfg.augment else 0,  # 4 pixels at 32x32, 1 at 8x8
-        flip=cfg.augment and cfg.name != "digits",  # a mirrored digit is another glyph
+        pad=max(1, size // 8) if cfg.augment else 0,  # 4 pixels at 32x32, 3 at 28x28, 1 at 8x8
+        flip=cfg.augment and cfg.name not in _NO_FLIP,
     )

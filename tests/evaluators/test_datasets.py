@@ -259,8 +259,8 @@ def test_datacfg_from_dict_strict():
     with pytest.raises(ConfigError, match=r"budget\.data\.val_fraction: must be a number in "
                                           r"\(0, 1\), got 1\.5"):
         DataCfg.from_dict({"val_fraction": 1.5}, "budget.data")
-    with pytest.raises(ConfigError, match=r"data\.name: must be one of .*got 'mnist'"):
-        DataCfg.from_dict({"name": "mnist"})
+    with pytest.raises(ConfigError, match=r"data\.name: must be one of .*'fashion_mnist'.*got 'svhn'"):
+        DataCfg.from_dict({"name": "svhn"})
     with pytest.raises(ConfigError, match=r"data\.path: is required for the cifar10"):
         DataCfg.from_dict({"name": "cifar10"})
     with pytest.raises(ConfigError, match=r"data\.subset: must be an integer >= 2"):
