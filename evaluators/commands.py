@@ -75,6 +75,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 < v <= 3600:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 3600] seconds, got {text}")
+    return v
+
+
 def run_fetch(args: argparse.Namespace) -> int:
     d = fetch.fetch(args.name, args.dest, args.url, timeout=args.timeout, log=print)
     try:
@@ -128,7 +138,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"${fetch.DATA_DIR_ENV}/NAME or ~/.cache/shiftnas/data/NAME)")
     f.add_argument("--url", help=f"base URL instead of the authors' server (also "
                    f"${fetch.URL_ENV})")
-    f.add_argument("--timeout", type=float, default=fetch.TIMEOUT_S,
+    f.add_argument("--timeout", type=_seconds, default=fetch.TIMEOUT_S,
                    help=f"seconds to wait for the server (default {fetch.TIMEOUT_S:g})")
     f.set_defaults(func=run_fetch)
     w = data.add_parser("where", help="the folder a data set's files would be read from")

