@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,onnx,plotly,dashboard
 
-.PHONY: quickstart test lint bench clean
+.PHONY: quickstart test lint bench clean data
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,27 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.kernels --quick
+
+# Fashion-MNIST for `data: {name: fashion_mnist}`: installs the Debian package where
+# apt-get exists and we are root; otherwise prints the commands that get it and
+# fails. `shiftnas data where fashion_mnist` shows which folder is then read.
+FASHION_DEB := dataset-fashion-mnist
+data:
+	@if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST is installed in /usr/share/datasets/fashion-mnist ($(FASHION_DEB))."; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y $(FASHION_DEB) || { apt-get update && apt-get install -y $(FASHION_DEB); } || { \
+	    echo "apt-get could not install $(FASHION_DEB); download it instead:"; \
+	    echo "  $(VENV)/bin/shiftnas data fetch fashion_mnist"; exit 1; }; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST is not installed. Either install the Debian package:"; \
+	  echo "  sudo apt-get install $(FASHION_DEB)"; \
+	  echo "or download it (30 MB, SHA-256 checked) into ~/.cache/shiftnas/data/fashion_mnist:"; \
+	  echo "  $(VENV)/bin/shiftnas data fetch fashion_mnist"; exit 1; \
+	else \
+	  echo "Fashion-MNIST is not installed. Download it (30 MB, SHA-256 checked) with:"; \
+	  echo "  $(VENV)/bin/shiftnas data fetch fashion_mnist"; exit 1; \
+	fi
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,12 +1,15 @@
 """Data sets for proxy training, held as tensors on the training device.
 
 `digits` (scikit-learn's bundled 8x8 handwritten digits) needs no download and
-is the default; `cifar10` / `cifar100` read the python-pickle directories and
-`imagefolder` reads one sub-folder of images per class. Training and validation
-both come from the training set (`val_fraction`, split with `seed`); the test
-split is never used for search. Images are normalised per channel with
-training statistics and augmented on the device (`DataBundle.augment`), so a
-training step does no host work.
+is the default; `fashion_mnist`, `mnist` and `kmnist` read the four IDX files
+(found as `evaluators.fetch` describes); `cifar10` / `cifar100` read the
+python-pickle directories, through an unpickler that refuses every global but
+numpy's array reconstruction (a data file never runs code); `imagefolder` reads
+one sub-folder of images per class. Training and validation both come from the
+training set (`val_fraction`, split with `seed`); the test split is never used
+for search. Images are normalised per channel with training statistics and
+augmented on the device (`DataBundle.augment`), so a training step does no
+host work.
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from shiftnas.config import cfg_from_dict, check, is_int, is_num
-from shiftnas.errors import ConfigError
+from shiftnas.errors import ConfigError, DataError
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+from ._idx import read_idx_split
+from .fetch import IDX_DATASETS, locate
+
+DATASETS = ("digits", *IDX_DATASETS, "cifar10", "cifar100", "imagefolder")
+NEEDS_PATH = ("cifar10", "cifar100", "imagefolder")  # no default location: data.path is required
+_NO_FLIP = ("digits", "mnist", "kmnist")  # a mirrored digit or character is another glyph
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
-
-# ----------------------------------------------------------------------------
-# Strict configs (shared by every *Cfg of this package)
-# ----------------------------------------------------------------------------
 
 
 # ----------------------------------------------------------------------------
@@ -43,12 +46,13 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"
 class DataCfg:
     """Which data set, where it lives, and how it is split and sized."""
 
-    name: str = "digits"  # digits | cifar10 | cifar100 | imagefolder
-    path: str | None = None  # data directory (cifar*, imagefolder); unused for digits
+    name: str = "digits"  # one of DATASETS
+    path: str | None = None  # data directory: required for cifar*, imagefolder; optional for
+    # fashion_mnist, mnist, kmnist (see evaluators.fetch for where they are looked for)
     val_fraction: float = 0.2  # share of the training set held out for validation
     subset: int | None = None  # at most this many training examples (None = all)
     resolution: int | None = None  # resize once at load (imagefolder: default 32)
-    augment: bool = True  # random crop with padding (+ horizontal flip, except digits)
+    augment: bool = True  # random crop with padding (+ horizontal flip, except digits/mnist/kmnist)
     seed: int = 0  # seed of the train/validation split and the subset
 
     def __post_init__(self) -> None:
@@ -57,7 +61,7 @@ class DataCfg:
                "must be a directory path", self.path)
         if isinstance(self.path, Path):
             object.__setattr__(self, "path", str(self.path))
-        check(self.name == "digits" or bool(self.path), "path",
+        check(self.name not in NEEDS_PATH or bool(self.path), "path",
                f"is required for the {self.name} data set (its data directory)", self.path)
         check(is_num(self.val_fraction) and 0 < self.val_fraction < 1, "val_fraction",
                "must be a number in (0, 1)", self.val_fraction)
@@ -132,12 +136,63 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(d.target.astype(np.int64))
 
 
+# The globals a CIFAR batch's numpy arrays need, pickled by numpy 1 (`numpy.core`) or 2
+# (`numpy._core`), found by loading batches written with protocols 0-5: `_reconstruct`,
+# `ndarray` and `dtype` rebuild an array (protocols 0-4), `_frombuffer` one from its buffer
+# (protocol 5), `scalar` a numpy number (a label written as np.int64, say).
+_PICKLE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+})
+_NUMPY_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch: dicts, lists, numbers, bytes and numpy arrays, nothing else.
+
+    Every other global (`os.system`, `builtins.exec`, any class) is refused
+    with a `DataError`, so a data file can never run code.
+    """
+
+    def __init__(self, f: Any, path: Path):
+        super().__init__(f, encoding="bytes")  # Python 2 str -> bytes, as the keys b"data" expect
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("_codecs", "encode"):
+            return self._latin1  # protocols 0-2 under Python 3 spell bytes this way
+        if (module, name) in _PICKLE_GLOBALS:
+            if module.startswith("numpy.") and "core" in module:  # the installed numpy's name,
+                module = f"{_NUMPY_CORE}.{module.rsplit('.', 1)[1]}"  # without its warning
+            return super().find_class(module, name)
+        raise DataError(f"{self.path}: refused to load the global {module}.{name}; a CIFAR "
+                        f"batch holds only dicts, lists, numbers, bytes and numpy arrays, and a "
+                        f"data file may not run code. Is this file really a CIFAR batch?")
+
+    def _latin1(self, text: Any, encoding: str) -> bytes:
+        if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+            raise DataError(f"{self.path}: refused _codecs.encode({type(text).__name__}, "
+                            f"{encoding!r}); a pickle spells bytes as encode(str, 'latin1').")
+        return text.encode("latin-1")
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with path.open("rb") as f:
-            return pickle.load(f, encoding="bytes")
+            return _CifarUnpickler(f, path).load()
+    except DataError:
+        raise
     except Exception as exc:  # truncated file, not a pickle, ...
-        raise ConfigError(f"{path}: cannot be read as a CIFAR python pickle ({exc}).") from None
+        raise DataError(f"{path}: cannot be read as a CIFAR python pickle ({exc}).") from None
+
+
+def _idx(name: str, path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training split of an IDX data set (10 classes), looked up as `evaluators.fetch` says."""
+    directory, _ = locate(name, path)
+    x, y = read_idx_split(directory, "train", classes=10)
+    return torch.from_numpy(x[:, None].copy()), torch.from_numpy(y.astype(np.int64))
 
 
 _CIFAR = {
@@ -154,27 +209,27 @@ def _cifar(name: str, root: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     sub, files, label_key, classes, layout = _CIFAR[name]
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise ConfigError(f"{name} directory {base} does not exist; expected {layout}.")
+        raise DataError(f"{name} directory {base} does not exist; expected {layout}.")
     if not (base / files[0]).is_file() and (base / sub / files[0]).is_file():
         base = base / sub  # the archive's parent folder was given
     xs, ys = [], []
     for fname in files:
         p = base / fname
         if not p.is_file():
-            raise ConfigError(f"{name} directory {base} has no {fname}; expected {layout}.")
+            raise DataError(f"{name} directory {base} has no {fname}; expected {layout}.")
         d = _unpickle(p)
         if b"data" not in d or label_key not in d:
-            raise ConfigError(f"{p}: missing b'data' or {label_key!r}; expected {layout}.")
+            raise DataError(f"{p}: missing b'data' or {label_key!r}; expected {layout}.")
         data, labels = np.asarray(d[b"data"]), np.asarray(d[label_key])
         if data.dtype != np.uint8 or not np.issubdtype(labels.dtype, np.integer):
-            raise ConfigError(f"{p}: b'data' must be uint8 pixels and {label_key!r} integers, "
+            raise DataError(f"{p}: b'data' must be uint8 pixels and {label_key!r} integers, "
                               f"got {data.dtype} and {labels.dtype}; expected {layout}.")
         labels = labels.astype(np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
-            raise ConfigError(f"{p}: b'data' must be (N, 3072) uint8 rows with N labels, got "
+            raise DataError(f"{p}: b'data' must be (N, 3072) uint8 rows with N labels, got "
                               f"shape {data.shape} and {len(labels)} labels.")
         if labels.size and (labels.min() < 0 or labels.max() >= classes):
-            raise ConfigError(f"{p}: labels must lie in [0, {classes}), got "
+            raise DataError(f"{p}: labels must lie in [0, {classes}), got "
                               f"[{labels.min()}, {labels.max()}].")
         xs.append(data.reshape(-1, 3, 32, 32))
         ys.append(labels)
@@ -188,16 +243,16 @@ def _imagefolder(root: str, size: int) -> tuple[torch.Tensor, torch.Tensor, int,
     what = ("one sub-folder per class (class = folder name, sorted), each holding images "
             f"({', '.join(_IMAGE_EXTS[:4])}, ...)")
     if not base.is_dir():
-        raise ConfigError(f"imagefolder directory {base} does not exist; expected {what}.")
+        raise DataError(f"imagefolder directory {base} does not exist; expected {what}.")
     classes = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
-        raise ConfigError(f"imagefolder directory {base} has {len(classes)} class folder(s); "
+        raise DataError(f"imagefolder directory {base} has {len(classes)} class folder(s); "
                           f"expected at least 2: {what}.")
     xs, ys, modes = [], [], set()
     for label, c in enumerate(classes):
         files = sorted(p for p in (base / c).iterdir() if p.suffix.lower() in _IMAGE_EXTS)
         if not files:
-            raise ConfigError(f"imagefolder class folder {base / c} has no images; expected {what}.")
+            raise DataError(f"imagefolder class folder {base / c} has no images; expected {what}.")
         for p in files:
             try:
                 with Image.open(p) as im:
@@ -206,7 +261,7 @@ def _imagefolder(root: str, size: int) -> tuple[torch.Tensor, torch.Tensor, int,
                     im = im.resize((size, size), Image.BILINEAR)
                     a = np.asarray(im, dtype=np.uint8)
             except OSError as exc:
-                raise ConfigError(f"imagefolder image {p} cannot be read ({exc}).") from None
+                raise DataError(f"imagefolder image {p} cannot be read ({exc}).") from None
             xs.append(a)
             ys.append(label)
     chans = 3 if "RGB" in modes else 1
@@ -226,13 +281,16 @@ def load_data(cfg: DataCfg, device: str | torch.device = "cpu") -> DataBundle:
 
     The split is a seeded permutation of the training set: the first
     `round(val_fraction * N)` indices validate, the rest train (capped at
-    `subset`). Raises `ConfigError` naming the expected layout when a data
-    directory is missing or malformed.
+    `subset`). Raises `DataError` (a `ConfigError`) naming the expected
+    layout when a data directory is missing or malformed.
     """
     device = torch.device(device)
     if cfg.name == "digits":
         x, y = _digits()
         classes, chans, default_size = 10, 1, 8
+    elif cfg.name in IDX_DATASETS:
+        x, y = _idx(cfg.name, cfg.path)
+        classes, chans, default_size = 10, 1, x.shape[-1]
     elif cfg.name in _CIFAR:
         x, y, classes = _cifar(cfg.name, str(cfg.path))
         chans, default_size = 3, 32
@@ -268,6 +326,6 @@ def load_data(cfg: DataCfg, device: str | torch.device = "cpu") -> DataBundle:
         name=cfg.name, train_x=tx.contiguous(), train_y=y[train_idx].to(device),
         val_x=vx.contiguous(), val_y=y[val_idx].to(device), in_chans=chans, classes=classes,
         input_size=size, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
-        pad=max(1, size // 8) if cfg.augment else 0,  # 4 pixels at 32x32, 1 at 8x8
-        flip=cfg.augment and cfg.name != "digits",  # a mirrored digit is another glyph
+        pad=max(1, size // 8) if cfg.augment else 0,  # 4 pixels at 32x32, 3 at 28x28, 1 at 8x8
+        flip=cfg.augment and cfg.name not in _NO_FLIP,
     )

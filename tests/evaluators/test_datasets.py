@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import pickletools
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from shiftnas.errors import ConfigError
+from shiftnas.errors import ConfigError, DataError
 from shiftnas.evaluators import DataCfg, load_data
 
 # ----------------------------------------------------------------------------
@@ -174,6 +176,72 @@ def test_cifar_missing_or_malformed_directory(tmp_path):
 
 
 # ----------------------------------------------------------------------------
+# CIFAR pickles never run code
+# ----------------------------------------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this calls `fn(*args)`: what a hostile data file would do."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("how", ["os.system", "builtins.exec"])
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, how):
+    d, _ = make_cifar10(tmp_path / "data")
+    marker = tmp_path / "MARKER"
+    payload = (_RunsCode(os.system, f"touch {marker}") if how == "os.system" else
+               _RunsCode(exec, f"open({str(marker)!r}, 'w').close()"))
+    _write(d / "data_batch_2", {b"labels": [1], b"data": np.zeros((1, 3072), np.uint8),
+                                b"x": payload})
+    # The premise: plain pickle would run it (exec only, into another file).
+    if how == "builtins.exec":
+        other = tmp_path / "OTHER"
+        pickle.loads(pickle.dumps(_RunsCode(exec, f"open({str(other)!r}, 'w').close()")))
+        assert other.exists()
+    refused = "posix.system" if how == "os.system" else "builtins.exec"
+    with pytest.raises(DataError, match=rf"data_batch_2: refused to load the global {refused}; "
+                                        r"a CIFAR batch holds only"):
+        load_data(DataCfg(name="cifar10", path=str(d)))
+    assert not marker.exists()
+
+
+def test_codecs_encode_only_as_bytes_are_written(tmp_path):
+    d, _ = make_cifar10(tmp_path)
+    # protocol 2: _codecs.encode('x', 'rot13'), by hand
+    (d / "data_batch_1").write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00x"
+                                     b"X\x05\x00\x00\x00rot13\x86R.")
+    with pytest.raises(DataError, match=r"data_batch_1: refused _codecs.encode\(str, 'rot13'\)"):
+        load_data(DataCfg(name="cifar10", path=str(d)))
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+@pytest.mark.parametrize("numpy1", [False, True], ids=["numpy2-names", "numpy1-names"])
+def test_cifar_pickles_of_every_protocol_load(tmp_path, protocol, numpy1):
+    """Batches from any protocol, with numpy scalars as labels, and numpy 1's module names."""
+    d, total = make_cifar10(tmp_path)
+    for k in range(1, 6):
+        p = d / f"data_batch_{k}"
+        batch = pickle.loads(p.read_bytes())
+        batch[b"labels"] = [np.int64(v) for v in batch[b"labels"]]  # numpy scalars
+        raw = pickle.dumps(batch, protocol=protocol)
+        if numpy1:  # numpy 1 wrote numpy.core.*: a text GLOBAL in protocols 0-3, ...
+            raw = raw.replace(b"numpy._core.", b"numpy.core.")
+            if protocol >= 4:  # ... a length-prefixed string later, one byte shorter, framed
+                raw = raw.replace(b"\x16numpy.core.multiarray", b"\x15numpy.core.multiarray")
+                raw = raw.replace(b"\x13numpy.core.numeric", b"\x12numpy.core.numeric")
+                raw = pickletools.optimize(raw)  # recomputes the frame lengths
+            assert b"numpy._core" not in raw and b"numpy.core" in raw
+        p.write_bytes(raw)
+    b = load_data(DataCfg(name="cifar10", path=str(d), val_fraction=0.2))
+    _check_round_trip(b, total, lambda i: i % 10)
+
+
+# ----------------------------------------------------------------------------
 # image folders
 # ----------------------------------------------------------------------------
 
@@ -259,8 +327,8 @@ def test_datacfg_from_dict_strict():
     with pytest.raises(ConfigError, match=r"budget\.data\.val_fraction: must be a number in "
                                           r"\(0, 1\), got 1\.5"):
         DataCfg.from_dict({"val_fraction": 1.5}, "budget.data")
-    with pytest.raises(ConfigError, match=r"data\.name: must be one of .*got 'mnist'"):
-        DataCfg.from_dict({"name": "mnist"})
+    with pytest.raises(ConfigError, match=r"data\.name: must be one of .*'fashion_mnist'.*got 'svhn'"):
+        DataCfg.from_dict({"name": "svhn"})
     with pytest.raises(ConfigError, match=r"data\.path: is required for the cifar10"):
         DataCfg.from_dict({"name": "cifar10"})
     with pytest.raises(ConfigError, match=r"data\.subset: must be an integer >= 2"):

@@ -43,7 +43,7 @@ def test_examples_parse_and_defaults_are_filled():
     ({"time_budget": "ten minutes"}, r"budget.time_budget: must be a positive number of seconds or a duration"),
     ({"train": {"epochs": 0}}, r"budget.train.epochs"),
     ({"train": {"lr": "fast"}}, r"budget.train.lr"),
-    ({"data": {"name": "mnist"}}, r"budget.data.name: .*must be one of"),
+    ({"data": {"name": "svhn"}}, r"budget.data.name: .*must be one of"),
     ({"data": {"name": "cifar10"}}, r"budget.data.path: .*is required"),
     ({"pruning": {"eta": 1}}, r"budget.pruning.eta: .*must be an integer >= 2"),
     ({"latency": {"repeats": -1}}, r"budget.latency.repeats"),
