@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import pickle
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shiftnas.config import cfg_from_dict, check, is_int, is_num
+from shiftnas.config import check, is_int, is_num
 from shiftnas.errors import ConfigError, DataError
 
 from ._idx import read_idx_split
@@ -73,10 +72,6 @@ class DataCfg:
         check(isinstance(self.augment, bool), "augment", "must be true or false", self.augment)
         check(is_int(self.seed), "seed", "must be an integer", self.seed)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "data") -> DataCfg:
-        """Strictly parse a mapping (e.g. a budget file's `data:` section)."""
-        return cfg_from_dict(cls, d, where)
 
 
 @dataclass

@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from shiftnas.errors import ConfigError, DataError
+from shiftnas.files import cache_dir
 
 from ._idx import SPLITS, idx_file
-from .latency import cache_dir
 
 IDX_DATASETS = ("fashion_mnist", "mnist", "kmnist")
 DATA_DIR_ENV = "SHIFTNAS_DATA"  # root of the folders `shiftnas data fetch` writes

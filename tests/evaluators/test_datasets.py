@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from shiftnas.config import cfg_from_dict
 from shiftnas.errors import ConfigError, DataError
 from shiftnas.evaluators import DataCfg, load_data
 
@@ -319,19 +320,19 @@ def test_no_augmentation_is_identity(digits):
 
 
 def test_datacfg_from_dict_strict():
-    assert DataCfg.from_dict({"name": "digits", "val_fraction": "1e-1"}).val_fraction == 0.1
-    assert DataCfg.from_dict(None) == DataCfg()
+    assert cfg_from_dict(DataCfg, {"name": "digits", "val_fraction": "1e-1"}, "data").val_fraction == 0.1
+    assert cfg_from_dict(DataCfg, None, "data") == DataCfg()
     with pytest.raises(ConfigError, match=r"^budget\.data\.valfraction: unknown key; allowed: "
                                           r"\['augment', .*'val_fraction'\]"):
-        DataCfg.from_dict({"valfraction": 0.1}, "budget.data")
+        cfg_from_dict(DataCfg, {"valfraction": 0.1}, "budget.data")
     with pytest.raises(ConfigError, match=r"budget\.data\.val_fraction: must be a number in "
                                           r"\(0, 1\), got 1\.5"):
-        DataCfg.from_dict({"val_fraction": 1.5}, "budget.data")
+        cfg_from_dict(DataCfg, {"val_fraction": 1.5}, "budget.data")
     with pytest.raises(ConfigError, match=r"data\.name: must be one of .*'fashion_mnist'.*got 'svhn'"):
-        DataCfg.from_dict({"name": "svhn"})
+        cfg_from_dict(DataCfg, {"name": "svhn"}, "data")
     with pytest.raises(ConfigError, match=r"data\.path: is required for the cifar10"):
-        DataCfg.from_dict({"name": "cifar10"})
+        cfg_from_dict(DataCfg, {"name": "cifar10"}, "data")
     with pytest.raises(ConfigError, match=r"data\.subset: must be an integer >= 2"):
-        DataCfg.from_dict({"subset": 1.5})
+        cfg_from_dict(DataCfg, {"subset": 1.5}, "data")
     with pytest.raises(ConfigError, match="must be a mapping"):
-        DataCfg.from_dict([1, 2])
+        cfg_from_dict(DataCfg, [1, 2], "data")

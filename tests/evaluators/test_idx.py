@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from shiftnas.config import cfg_from_dict
 from shiftnas.errors import ConfigError, DataError
 from shiftnas.evaluators import DataCfg, load_data
 from shiftnas.evaluators import fetch as fetch_mod
@@ -252,9 +253,9 @@ def test_data_where(tmp_path, capsys):
 
 
 def test_path_is_optional_for_idx_sets_only():
-    assert DataCfg.from_dict({"name": "fashion_mnist"}).path is None
+    assert cfg_from_dict(DataCfg, {"name": "fashion_mnist"}, "data").path is None
     with pytest.raises(ConfigError, match=r"data\.path: is required for the imagefolder"):
-        DataCfg.from_dict({"name": "imagefolder"})
+        cfg_from_dict(DataCfg, {"name": "imagefolder"}, "data")
 
 
 # ----------------------------------------------------------------------------
