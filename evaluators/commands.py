@@ -126,7 +126,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--latency-batch", type=int_arg(1), default=1, help="latency batch (default 1)")
     s.add_argument("--proxies", action="store_true", help="also compute zero-cost proxies")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
-    s.add_argument("--seed", type=int, default=0, help="split, initialisation and batch order")
+    s.add_argument("--seed", type=int_arg(0), default=0, help="split, initialisation and batch order")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=run_evaluate)
 

@@ -29,6 +29,7 @@ from shiftnas.kernels import active_shift_parameters, shift_parameters, sparse_l
 from shiftnas.searchspace import NetCfg, build_model
 
 from .datasets import DataBundle
+from .device import DeviceLock
 
 SCHEDULES = ("onecycle", "cosine")
 AUTO = ("auto", "on", "off")
@@ -194,7 +195,8 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_
 
 def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
           device: str | torch.device = "cpu",
-          on_epoch: Callable[[int, float], bool] | None = None) -> TrainResult:
+          on_epoch: Callable[[int, float], bool] | None = None,
+          lock: DeviceLock | None = None) -> TrainResult:
     """Train `net` on `data` and return its validation accuracy.
 
     A `NetCfg` is built after `torch.manual_seed(cfg.seed)`, with the data
@@ -205,6 +207,8 @@ def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
     epoch; returning True stops the run with status "pruned". Never raises
     for a diverging loss ("nan"), an out-of-memory error ("oom") or another
     `RuntimeError` from the model ("error"); the reason is recorded.
+    `lock` (shared, one epoch at a time) keeps training off the device while a
+    latency measurement of another process holds it.
     """
     t_start = time.perf_counter()
     device = torch.device(device)
@@ -239,49 +243,50 @@ def train(net: NetCfg | nn.Module, data: DataBundle, cfg: TrainCfg, *,
         total, step = steps * cfg.epochs, 0
 
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            t0 = time.perf_counter()
-            perm = torch.randperm(n, device=device, generator=gen)
-            loss_sum = torch.zeros((), device=device)
-            for i in range(steps):
-                f = lr_factor(step, total, cfg)
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * g["lr_mult"] * f
-                idx = perm[i * bs:(i + 1) * bs]
-                xb = data.augment(data.train_x[idx], gen)
-                if channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                with autocast:
-                    out = model(xb)
-                loss = F.cross_entropy(out.float(), data.train_y[idx],
-                                       label_smoothing=cfg.label_smoothing)
-                if cfg.sparse_l1:
-                    loss = loss + cfg.sparse_l1 * sparse_l1(model)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.shift_grad_norm:
-                    _normalise_shift_grads(active)
-                opt.step()
-                loss_sum += loss.detach()
-                step += 1
-                seen += len(idx)
-                # One host sync per check: every step on the CPU (free), every few on CUDA.
-                if (not cuda or (i + 1) % _CHECK_EVERY == 0 or i + 1 == steps) and (
-                        not torch.isfinite(loss_sum)):
-                    res.status = "nan"
-                    res.reason = (f"training loss became {loss.item()} in epoch {epoch}, step "
-                                  f"{i + 1} (lr {cfg.lr * f:.3g}); the architecture diverged")
-                    return res
-            if cuda:
-                torch.cuda.synchronize(device)
-            train_time += time.perf_counter() - t0
-            res.train_loss.append(loss_sum.item() / max(1, steps))
-            precise_bn(model, data.train_x, cfg.precise_bn, bs, autocast if use_amp else None,
-                       channels_last)
-            acc = evaluate_accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size,
-                                    autocast if use_amp else None, channels_last)
-            res.history.append(acc)
-            res.accuracy, res.epochs = acc, epoch
+            with lock.shared() if lock is not None else contextlib.nullcontext():
+                model.train()
+                t0 = time.perf_counter()
+                perm = torch.randperm(n, device=device, generator=gen)
+                loss_sum = torch.zeros((), device=device)
+                for i in range(steps):
+                    f = lr_factor(step, total, cfg)
+                    for g in opt.param_groups:
+                        g["lr"] = cfg.lr * g["lr_mult"] * f
+                    idx = perm[i * bs:(i + 1) * bs]
+                    xb = data.augment(data.train_x[idx], gen)
+                    if channels_last:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with autocast:
+                        out = model(xb)
+                    loss = F.cross_entropy(out.float(), data.train_y[idx],
+                                           label_smoothing=cfg.label_smoothing)
+                    if cfg.sparse_l1:
+                        loss = loss + cfg.sparse_l1 * sparse_l1(model)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.shift_grad_norm:
+                        _normalise_shift_grads(active)
+                    opt.step()
+                    loss_sum += loss.detach()
+                    step += 1
+                    seen += len(idx)
+                    # One host sync per check: every step on the CPU (free), every few on CUDA.
+                    if (not cuda or (i + 1) % _CHECK_EVERY == 0 or i + 1 == steps) and (
+                            not torch.isfinite(loss_sum)):
+                        res.status = "nan"
+                        res.reason = (f"training loss became {loss.item()} in epoch {epoch}, step "
+                                      f"{i + 1} (lr {cfg.lr * f:.3g}); the architecture diverged")
+                        return res
+                if cuda:
+                    torch.cuda.synchronize(device)
+                train_time += time.perf_counter() - t0
+                res.train_loss.append(loss_sum.item() / max(1, steps))
+                precise_bn(model, data.train_x, cfg.precise_bn, bs, autocast if use_amp else None,
+                           channels_last)
+                acc = evaluate_accuracy(model, data.val_x, data.val_y, cfg.eval_batch_size,
+                                        autocast if use_amp else None, channels_last)
+                res.history.append(acc)
+                res.accuracy, res.epochs = acc, epoch
             if on_epoch is not None and on_epoch(epoch, acc):
                 res.status = "pruned"
                 res.reason = f"stopped by on_epoch after epoch {epoch} (validation accuracy {acc:.4f})"

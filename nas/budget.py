@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,20 +25,17 @@ from shiftnas.evaluators.datasets import DataCfg
 from shiftnas.evaluators.latency import LatencyCfg
 from shiftnas.evaluators.proxies import PROXIES
 from shiftnas.evaluators.training import TrainCfg
-from shiftnas.results.store import Constraint, Objective
+from shiftnas.metrics import METRICS, Constraint, Objective, metric
 from shiftnas.searchspace import Space, load_space
 
 ENGINES = ("optuna", "ray")
 SAMPLERS = ("nsga2", "nsga3", "tpe", "random", "qmc", "gp")
-DEVICES = ("auto", "cpu", "cuda")
-# Metric -> the direction an objective on it takes when the file gives none.
-METRICS = {
-    "accuracy": "maximize", "latency_ms": "minimize", "params": "minimize", "macs": "minimize",
-    "traffic_mb": "minimize", **{p: "maximize" for p in PROXIES},
-}
-CHEAP_METRICS = ("params", "macs", "traffic_mb")  # known from the genome alone
-# Fields that may change when a run is resumed; any other change is a different search.
-RESUMABLE = ("trials", "time_budget", "workers", "threads", "export", "onnx", "storage")
+KEEP_WEIGHTS = ("all", "front", "none")
+# Fields that may change when a run is resumed or joined; any other change is another search.
+# The first ones are amounts; the rest say *where* things are, not what a trial means.
+RESUMABLE = ("trials", "time_budget", "workers", "threads", "export", "onnx",
+             "stop_after_failures", "keep_weights", "storage", "artifacts", "out_dir")
+LOCATION = (("data", "path"),)  # nested location fields (the data may move)
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ class Budget:
     name: str  # the run's name: its directory is out_dir/name
     out_dir: str = "runs"  # where run directories go
     seed: int = 0  # seeds the sampler, the training and the split
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     data: DataCfg = field(default_factory=DataCfg)  # the data set (evaluators.datasets.DataCfg)
     space: Any = "cifar_shift"  # a space file path, a built-in space name, or an inline mapping
     objectives: tuple[Objective, ...] = (Objective("accuracy", "maximize"),
@@ -100,7 +98,10 @@ class Budget:
     pruning: PruningCfg = field(default_factory=PruningCfg)
     latency: LatencyCfg = field(default_factory=LatencyCfg)  # latency measurement
     proxies: tuple[str, ...] = ()  # zero-cost proxies to record (those in objectives are added)
-    storage: str | None = None  # Optuna storage URL; None = SQLite in the run directory
+    storage: str | None = None  # Optuna storage URL; None = the run directory's (see storage_url)
+    artifacts: str | None = None  # artifact store: a folder, s3://bucket or gs://bucket; None = run dir
+    keep_weights: str = "all"  # proxy-trained weights kept: all complete trials | front | none
+    stop_after_failures: int = 5  # stop when this many trials in a row failed (0 = never)
     workers: int = 1  # parallel trial processes (Optuna) or concurrent trials (Ray)
     threads: int = 1  # CPU threads per trial process (small nets gain nothing from more)
     ray: RayCfg = field(default_factory=RayCfg)
@@ -134,18 +135,25 @@ class Budget:
         d["proxies"] = list(self.proxies)
         return json.loads(json.dumps(d, default=list))
 
-    def settings_hash(self) -> str:
-        """Hash of every field that changes what a trial means (not the budget amounts).
+    def meaning(self) -> dict[str, Any]:
+        """The fields that change what a trial means: not the amounts, not where things are.
 
-        The space counts by its content, so editing a space file is a new search.
+        The space counts by its content, so editing a space file is another search.
         """
         d = {k: v for k, v in self.to_dict().items() if k not in RESUMABLE}
+        for section, key in LOCATION:
+            d[section] = {k: v for k, v in d[section].items() if k != key}
         d["space"] = self.load_space().to_dict()
-        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+        return d
 
-    def changed_fields(self, other: Mapping[str, Any]) -> list[str]:
-        mine = self.to_dict()
-        return sorted(k for k in mine if k not in RESUMABLE and mine.get(k) != other.get(k))
+    def settings_hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.meaning(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def changed_fields(self, other_meaning: Mapping[str, Any]) -> list[str]:
+        """Top-level fields whose meaning differs from `other_meaning` (another `meaning()`)."""
+        mine = self.meaning()
+        return sorted(k for k in set(mine) | set(other_meaning)
+                      if mine.get(k) != other_meaning.get(k))
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?")
@@ -155,28 +163,16 @@ def parse_duration(v: Any, where: str) -> float | None:
     """Seconds from a number or a string like `90s`, `10m`, `1h30m`."""
     if v is None:
         return None
-    if is_num(v) and v > 0:
+    if is_num(v) and v > 0 and math.isfinite(v):
         return float(v)
     m = _DURATION.fullmatch(v.strip()) if isinstance(v, str) and v.strip() else None
     if not m or not any(m.groups()):
         raise ConfigError(f"{where}: must be a positive number of seconds or a duration like "
                           f"'90s', '10m', '1h30m', got {v!r}.")
     h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+    if h * 3600 + mi * 60 + s <= 0:
+        raise ConfigError(f"{where}: must be a positive duration, got {v!r}.")
     return h * 3600 + mi * 60 + s
-
-
-_CONSTRAINT = re.compile(r"\s*([A-Za-z_][\w]*)\s*(<=|>=|<|>|==)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*")
-
-
-def parse_constraint(text: Any, where: str) -> Constraint:
-    m = _CONSTRAINT.fullmatch(text) if isinstance(text, str) else None
-    if not m:
-        raise ConfigError(f"{where}: a constraint is a string 'METRIC OP NUMBER' such as "
-                          f"'params <= 300000' or 'latency_ms <= 2.0', got {text!r}.")
-    metric, op, value = m.groups()
-    if metric not in METRICS:
-        raise ConfigError(f"{where}: unknown metric {metric!r}; constraints may use {list(METRICS)}.")
-    return Constraint(metric, op, float(value))
 
 
 def _objectives(v: Any, where: str) -> tuple[Objective, ...]:
@@ -192,15 +188,15 @@ def _objectives(v: Any, where: str) -> tuple[Objective, ...]:
         if not isinstance(o, Mapping) or set(o) - {"metric", "direction"} or "metric" not in o:
             raise ConfigError(f"{w}: an objective is a metric name or {{metric: NAME, direction: "
                               f"maximize|minimize}}, got {o!r}.")
-        metric = o["metric"]
-        if not isinstance(metric, str) or metric not in METRICS:
-            raise ConfigError(f"{w}.metric: unknown metric {metric!r}; choose from {list(METRICS)}.")
-        direction = o.get("direction", METRICS[metric])
+        name = o["metric"]
+        if not isinstance(name, str):
+            raise ConfigError(f"{w}.metric: must be a metric name, got {name!r}.")
+        direction = o.get("direction", metric(name, f"{w}.metric").direction)
         if direction not in ("maximize", "minimize"):
             raise ConfigError(f"{w}.direction: must be maximize or minimize, got {direction!r}.")
-        if any(x.name == metric for x in out):
-            raise ConfigError(f"{w}: objective {metric!r} is listed twice.")
-        out.append(Objective(metric, direction))
+        if any(x.name == name for x in out):
+            raise ConfigError(f"{w}: objective {name!r} is listed twice.")
+        out.append(Objective(name, direction))
     return tuple(out)
 
 
@@ -230,7 +226,7 @@ def budget_from_dict(d: Any, where: str = "budget") -> Budget:
         elif k == "constraints":
             if not isinstance(v, list):
                 raise ConfigError(f"{w}: must be a list of strings like 'params <= 300000', got {v!r}.")
-            kw[k] = tuple(parse_constraint(c, f"{w}[{i}]") for i, c in enumerate(v))
+            kw[k] = tuple(Constraint.parse(c, f"{w}[{i}]") for i, c in enumerate(v))
         elif k == "time_budget":
             kw[k] = parse_duration(v, w)
         elif k == "proxies":
@@ -244,18 +240,20 @@ def budget_from_dict(d: Any, where: str = "budget") -> Budget:
         _check_budget(b)
     except FieldError as exc:
         raise ConfigError(f"{where}.{exc.name}: {exc.rule}, got {exc.value!r}.") from None
+    except ConfigError as exc:  # a rule whose message already starts with the field's name
+        raise ConfigError(f"{where}.{exc}") from None
     try:
         b.load_space()
     except ShiftNASError as exc:
         raise ConfigError(f"{where}.space: {exc}") from None
     if b.export is not None:
-        from shiftnas.results.store import parse_pick
+        from shiftnas.results.pareto import parse_pick
 
         try:
-            _, metric, conds = parse_pick(b.export)
+            _, picked, conds = parse_pick(b.export)
         except ShiftNASError as exc:
             raise ConfigError(f"{where}.export: {exc}") from None
-        unknown = [m for m in [metric, *(c[0] for c in conds)] if m not in METRICS]
+        unknown = [m for m in [picked, *(c[0] for c in conds)] if m not in METRICS]
         if unknown:
             raise ConfigError(f"{where}.export: unknown metric {unknown[0]!r} in {b.export!r}; "
                               f"metrics are {list(METRICS)}.")
@@ -268,7 +266,8 @@ def _check_budget(b: Budget) -> None:
     _rule(isinstance(b.out_dir, str) and b.out_dir != "", "out_dir", "must be a directory path",
           b.out_dir)
     _rule(is_int(b.seed), "seed", "must be an integer", b.seed)
-    _rule(b.device in DEVICES, "device", f"must be one of {list(DEVICES)}", b.device)
+    _rule(isinstance(b.device, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", b.device) is not None,
+          "device", "must be auto, cpu, cuda or cuda:N", b.device)
     _rule(isinstance(b.space, (str, Mapping)), "space",
           "must be a space file path, a built-in space name or an inline mapping", b.space)
     _rule(b.engine in ENGINES, "engine", f"must be one of {list(ENGINES)}", b.engine)
@@ -281,9 +280,16 @@ def _check_budget(b: Budget) -> None:
           "and `time_budget` cannot both be null (the search would never stop); set one", b.trials)
     _rule(is_int(b.workers) and b.workers >= 1, "workers", "must be an integer >= 1", b.workers)
     _rule(is_int(b.threads) and b.threads >= 1, "threads", "must be an integer >= 1", b.threads)
-    _rule(b.storage is None or (isinstance(b.storage, str) and "://" in b.storage), "storage",
-          "must be a database URL such as 'sqlite:///runs/x.db' or "
-          "'postgresql://user@host/db', or null", b.storage)
+    if b.storage is not None:
+        from .store import check_url
+
+        check_url(b.storage, "storage")  # a ConfigError naming `storage`
+    _rule(b.artifacts is None or (isinstance(b.artifacts, str) and b.artifacts != ""),
+          "artifacts", "must be a folder, s3://bucket, gs://bucket or null", b.artifacts)
+    _rule(b.keep_weights in KEEP_WEIGHTS, "keep_weights", f"must be one of {list(KEEP_WEIGHTS)}",
+          b.keep_weights)
+    _rule(is_int(b.stop_after_failures) and b.stop_after_failures >= 0, "stop_after_failures",
+          "must be an integer >= 0 (0 = never stop for failures)", b.stop_after_failures)
     _rule(b.export is None or isinstance(b.export, str), "export",
           "must be a pick expression like 'max accuracy where latency_ms <= 2', or null", b.export)
     _rule(isinstance(b.onnx, bool), "onnx", "must be true or false", b.onnx)

@@ -9,6 +9,7 @@ results' in their packages' `commands` modules. Every user error is a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from shiftnas.config import int_arg
 from shiftnas.errors import ArchError, ShiftNASError
+from shiftnas.files import is_no_space, no_space
 from shiftnas.searchspace import list_presets, load_arch, load_space, save_arch, validate
 from shiftnas.searchspace.space import sample_random
 
@@ -124,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="shiftnas",
         description="Neural architecture search over the shift design space.",
     )
+    from shiftnas import __version__
+
+    p.add_argument("--version", action="version", version=f"shiftnas {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("presets", help="list the reference architectures with their cost")
@@ -144,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw architectures from a space file")
     s.add_argument("space", help="a space .yaml file or a built-in space name (cifar_shift)")
     s.add_argument("--n", type=int_arg(1), default=5, help="how many (default 5)")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    s.add_argument("--seed", type=int_arg(0), default=0, help="random seed >= 0 (default 0)")
     s.add_argument("--out", help="write one architecture file per sample into this folder")
     s.set_defaults(func=cmd_sample)
 
@@ -166,19 +171,43 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         dispatch.check_env()  # a mistyped SHIFTNAS_KERNELS stops here, before any work
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `shiftnas presets | head`: the reader left; say nothing
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ShiftNASError as exc:
         print(f"shiftnas {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except OSError as exc:  # a path that cannot be read or written: the user's to fix
+        if is_no_space(exc):
+            print(f"shiftnas {args.command}: error: {no_space(exc.filename or '.', exc)}",
+                  file=sys.stderr)
+            return 2
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"shiftnas {args.command}: error: {where}{exc.strerror or exc}.", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"shiftnas {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `shiftnas show X --json | head`
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        return 0
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (handled the same way)
+        term = type(exc).__name__ == "Terminated"
+        print(f"shiftnas {args.command}: interrupted{' (SIGTERM)' if term else ''}; finished "
+              f"results are kept, and rerunning the same command resumes.", file=sys.stderr)
+        return 143 if term else 130
+    except Exception as exc:
+        if (why := storage_full(exc)) is not None:  # SQLite's "database or disk is full"
+            print(f"shiftnas {args.command}: error: {why}", file=sys.stderr)
+            return 2
+        raise
+
+
+def storage_full(exc: BaseException) -> str | None:
+    """The one-paragraph message for a database that ran out of disk, found in `exc`'s chain."""
+    seen = exc
+    while seen is not None:
+        text = str(seen).lower()
+        if "database or disk is full" in text or "no space left" in text:
+            return ("the search's storage ran out of disk space; free some space or move "
+                    "out_dir, then rerun: finished results are kept and the search resumes.")
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ objectives, which are known before training. The trial continues only if
 fewer than `ceil(n / eta)` of the `n` trials at the rung have a strictly
 better non-dominated rank, so the whole first front always survives and at
 most about `1/eta` of the others do. A rung prunes nothing until it has seen
-`min_trials` trials. The rung records live in the run directory, so every
-worker and both engines share them.
+`min_trials` trials. The rung values live in the study's storage (a system
+attribute per trial, as Optuna's own successive-halving pruner keeps its rungs),
+so every worker, launcher and engine compares against the same trials.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import math
 
 import numpy as np
 
+from shiftnas.metrics import Objective
 from shiftnas.results.pareto import nondominated_ranks
-from shiftnas.results.store import Objective
 
 from .budget import PruningCfg
-from .store import RunStore
+from .store import SearchStore
 
 
 def rungs(cfg: PruningCfg, epochs: int) -> list[int]:
@@ -49,11 +50,11 @@ def should_continue(points: dict[int, np.ndarray], number: int, eta: int, min_tr
 class ParetoHalving:
     """The `on_epoch` callback of one trial: records its rung values and decides."""
 
-    def __init__(self, cfg: PruningCfg, epochs: int, store: RunStore, number: int,
+    def __init__(self, cfg: PruningCfg, epochs: int, store: SearchStore, trial,
                  objectives: tuple[Objective, ...], costs: dict[str, float]):
-        self.cfg, self.store, self.number = cfg, store, number
+        self.cfg, self.store, self.trial = cfg, store, trial
         self.rungs = set(rungs(cfg, epochs)) if cfg.enabled else set()
-        self.objectives, self.costs = objectives, costs
+        self.objectives, self.costs = objectives, dict(costs)
         self.pruned_at: int | None = None
 
     def _vector(self, accuracy: float, costs: dict[str, float]) -> np.ndarray:
@@ -65,11 +66,10 @@ class ParetoHalving:
         """Returns True to stop the trial (it is dominated at this rung)."""
         if epoch not in self.rungs:
             return False
-        self.store.record_rung(self.number, epoch, accuracy, self.costs)
-        at_rung = self.store.rung(epoch)
-        points = {k: self._vector(r["accuracy"], r["costs"]) for k, r in at_rung.items()}
-        points[self.number] = self._vector(accuracy, self.costs)
-        if should_continue(points, self.number, self.cfg.eta, self.cfg.min_trials):
+        self.store.record_rung(self.trial._trial_id, epoch, accuracy)
+        points = {n: self._vector(a, costs) for n, (a, costs) in self.store.at_rung(epoch).items()}
+        points[self.trial.number] = self._vector(accuracy, self.costs)
+        if should_continue(points, self.trial.number, self.cfg.eta, self.cfg.min_trials):
             return False
         self.pruned_at = epoch
         return True

@@ -1,15 +1,21 @@
-"""Results of a search: the run store, Pareto fronts and hypervolume, plots, reports, and
-export of a chosen architecture as standalone PyTorch code and ONNX."""
+"""Results of a search: Pareto fronts and hypervolume, plots, reports, and export of a
+chosen architecture as standalone PyTorch code and ONNX. Runs are read through
+`shiftnas.nas.store` (`open_run`), the one owner of the search's record."""
 
 from __future__ import annotations
 
-from .export import export_arch, export_code, export_onnx
-from .pareto import Front, hypervolume, hypervolume_history, nondominated_ranks, pareto_front
+from .export import export_arch, export_code, export_onnx, export_trial
+from .pareto import (
+    Front,
+    hypervolume,
+    hypervolume_history,
+    nondominated_ranks,
+    pareto_front,
+    select_trial,
+)
 from .report import write_report
-from .store import Run, TrialRecord, load_run, select_trial
 
 __all__ = [
-    "Run", "TrialRecord", "load_run", "select_trial",
     "Front", "pareto_front", "nondominated_ranks", "hypervolume", "hypervolume_history",
-    "write_report", "export_code", "export_arch", "export_onnx",
+    "select_trial", "write_report", "export_code", "export_arch", "export_onnx", "export_trial",
 ]

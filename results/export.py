@@ -253,14 +253,12 @@ def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None
 
 
 def export_trial(run, trial, out_dir: str | Path, *, onnx: bool = False) -> dict[str, Path]:
-    """Export one trial of a run (`results.store.Run`, `TrialRecord`) with its trained weights.
+    """Export one trial of a run (`nas.store.Run`, `TrialRecord`) with its trained weights.
 
-    A duplicate trial (`reused_from`) exports the weights of the trial it reused.
+    The weights come from the run's artifact store; a duplicate trial
+    (`reused_from`) exports the weights of the trial it reused. A trial whose
+    weights were not kept exports its code and architecture only.
     """
-    weights = None
-    for n in (trial.number, trial.reused_from):
-        if n is not None and run.weights_file(n).is_file():
-            weights = run.weights_file(n)
-            break
-    return export_arch(decode_net(trial.arch), out_dir, {"trial": trial.number, **trial.metrics},
-                       weights=weights, onnx=onnx)
+    with run.weights_file(trial) as weights:
+        return export_arch(decode_net(trial.arch), out_dir,
+                           {"trial": trial.number, **trial.metrics}, weights=weights, onnx=onnx)

@@ -5,22 +5,24 @@ A point dominates another when it is no worse in every objective and strictly
 better in one, so identical points never dominate each other: both stay on the
 front. On a run, only feasible complete trials compete (pruned trials carry a
 partial accuracy), and a duplicate architecture (`reused_from`, or a repeated
-archid) counts once, as its first trial.
+archid) counts once, as its first trial. `select_trial` picks one trial with the
+small `--pick` grammar from the same candidates, so a pick and the front agree.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from shiftnas.errors import ConfigError
-
-from .store import Objective, Run, TrialRecord
+from shiftnas.metrics import OPS, Objective
+from shiftnas.nas.store import Run, TrialRecord, candidates
 
 __all__ = ["nondominated_ranks", "hypervolume", "reference_point", "Front", "pareto_front",
-           "hypervolume_history"]
+           "hypervolume_history", "parse_pick", "select_trial"]
 
 
 def _as_points(points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
@@ -135,16 +137,8 @@ def _objectives(run: Run, names: Sequence[str] | None) -> tuple[Objective, ...]:
 
 
 def _candidates(trials: Sequence[TrialRecord], objs: Sequence[Objective]) -> list[TrialRecord]:
-    seen: set[str] = set()
-    out = []
-    for t in sorted(trials, key=lambda t: t.number):
-        if t.state != "complete" or not t.feasible or t.reused_from is not None:
-            continue
-        if t.archid in seen or any(t.metric(o.name) is None for o in objs):
-            continue
-        seen.add(t.archid)
-        out.append(t)
-    return out
+    """`nas.store.candidates` that have every objective."""
+    return [t for t in candidates(trials) if all(t.metric(o.name) is not None for o in objs)]
 
 
 def _minimise(values: np.ndarray, objs: Sequence[Objective]) -> np.ndarray:
@@ -209,3 +203,52 @@ def hypervolume_history(run: Run, objectives: Sequence[str] | None = None,
             hv = hypervolume(np.array(front), ref)
         out.append((t.number, hv))
     return out
+
+
+# ----------------------------------------------------------------------------
+# --pick
+# ----------------------------------------------------------------------------
+
+_NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_PICK = re.compile(r"\s*(max|min)\s+(\w+)\s*(?:\s+where\s+(.+?))?\s*")
+_COND = re.compile(rf"\s*(\w+)\s*(<=|>=|==|<|>)\s*({_NUM})\s*")
+
+
+def parse_pick(expr: str) -> tuple[str, str, list[tuple[str, str, float]]]:
+    """Parse `"(max|min) METRIC [where COND (and COND)*]"`, COND `"METRIC (<=|<|>=|>|==) NUMBER"`."""
+    m = _PICK.fullmatch(expr) if isinstance(expr, str) else None
+    if not m:
+        raise ConfigError(f"--pick {expr!r}: expected '(max|min) METRIC [where METRIC OP NUMBER "
+                          f"(and METRIC OP NUMBER)*]', e.g. 'max accuracy where latency_ms <= 2'.")
+    conds = []
+    if m.group(3):
+        for part in re.split(r"\s+and\s+", m.group(3)):
+            c = _COND.fullmatch(part)
+            if not c:
+                raise ConfigError(f"--pick {expr!r}: condition {part.strip()!r} must be "
+                                  f"'METRIC OP NUMBER' with OP one of {list(OPS)}.")
+            conds.append((c.group(1), c.group(2), float(c.group(3))))
+    return m.group(1), m.group(2), conds
+
+
+def select_trial(run: Run, expr: str) -> TrialRecord:
+    """The candidate trial (see `pareto_front`) that `expr` (the `--pick` grammar) selects.
+
+    Ties go to the trial with the better non-dominated rank, then the lowest number.
+    """
+    sense, metric, conds = parse_pick(expr)
+    pool = [t for t in run.candidates() if t.metric(metric) is not None
+            and all(t.metric(k) is not None and OPS[op](t.metric(k), v) for k, op, v in conds)]
+    if not pool:
+        known = sorted({k for t in run.candidates() for k in t.metrics})
+        raise ConfigError(f"--pick {expr!r}: no feasible complete trial of {run.study_name} "
+                          f"matches ({len(run.candidates())} feasible complete trials; their "
+                          f"metrics: {known}).")
+    sign = -1.0 if sense == "max" else 1.0
+    # On a tie, prefer the trial that is better on the run's objectives (a lower
+    # non-dominated rank), so a tie never picks a dominated trial; then the lowest number.
+    objs = [o for o in run.objectives if all(t.metric(o.name) is not None for t in pool)]
+    ranks = (nondominated_ranks([[o.sign * t.metric(o.name) for o in objs] for t in pool])
+             if objs else [0] * len(pool))
+    rank = {t.number: int(r) for t, r in zip(pool, ranks)}
+    return min(pool, key=lambda t: (sign * t.metric(metric), rank[t.number], t.number))  # type: ignore[operator]

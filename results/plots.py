@@ -18,11 +18,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from shiftnas.errors import ArchError
+from shiftnas.files import atomic_path, atomic_write
+from shiftnas.metrics import Objective
+from shiftnas.nas.store import Run, TrialRecord
 from shiftnas.searchspace import decode_net
 from shiftnas.searchspace.genome import SHIFT_KINDS
 
 from .pareto import Front, hypervolume_history
-from .store import Objective, Run, TrialRecord
 
 __all__ = ["plot_pareto", "plot_pairs", "plot_hypervolume", "plot_choices", "write_html"]
 
@@ -61,10 +63,11 @@ def _maybe_log(ax, axis: str, values: Sequence[float]) -> None:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Render `fig` to `path` through a temporary file: a kill never leaves a cut PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=130)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=130, format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -292,7 +295,7 @@ def write_html(run: Run, front: Front, path: str | Path) -> Path:
     try:
         import plotly.graph_objects as go
     except ImportError:
-        path.write_text(_svg_page(run, groups, ox, oy))
+        atomic_write(path, _svg_page(run, groups, ox, oy))
         return path
     colors = {"failed": "#7f7f7f", "infeasible": "#d62728", "pruned": "#ff7f0e",
               "complete": "#6baed6", "front": "#08306b"}
@@ -319,7 +322,8 @@ def write_html(run: Run, front: Front, path: str | Path) -> Path:
     fig.update_layout(title=f"{run.name}: Pareto front ({len(front.trials)} trials)",
                       xaxis_title=_axis_label(ox), yaxis_title=_axis_label(oy),
                       template="plotly_white", **log)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+    with atomic_path(path) as tmp:
+        fig.write_html(str(tmp), include_plotlyjs=True, full_html=True)
     return path
 
 

@@ -9,14 +9,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from shiftnas.errors import ConfigError
+from shiftnas.files import atomic_write
+from shiftnas.metrics import METRICS, fmt_duration
+from shiftnas.nas.store import STATES, Run, open_run
+
 from .pareto import Front, pareto_front
 from .plots import plot_choices, plot_hypervolume, plot_pairs, plot_pareto, write_html
-from .store import STATES, Run, load_run
 
 __all__ = ["front_rows", "format_table", "front_json", "budget_summary", "write_report"]
 
 # Columns of the front table besides the objectives, when the trials have them.
-_COLUMNS = ("accuracy", "latency_ms", "params", "macs")
+_COLUMNS = ("accuracy", "latency_ms", "params", "macs")  # the headline metrics, in this order
 
 
 def _columns(front: Front) -> list[str]:
@@ -35,13 +39,9 @@ def front_rows(front: Front) -> list[dict[str, Any]]:
 def _fmt(v: Any, col: str) -> str:
     if v is None:
         return "-"
-    if col in ("params", "macs") and abs(v) >= 1e3:
-        for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(v) >= div:
-                return f"{v / div:.3g}{unit}"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    if col in METRICS:
+        return METRICS[col].compact(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def format_table(front: Front, arch_width: int = 60) -> str:
@@ -77,14 +77,9 @@ def budget_summary(run: Run) -> dict[str, Any]:
         "rejected_before_training": len(rejected),
         "infeasible": sum(1 for t in run.trials if not t.feasible),
         "trials_budget": run.trials_budget,
-        "time_budget_s": run.time_budget_s,
+        "time_budget_s": run.meta.time_budget_s,
+        "elapsed_s": run.elapsed_s,
     }
-
-
-def _hms(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else \
-        f"{s // 60}m{s % 60:02d}s"
 
 
 def _md_table(front: Front) -> list[str]:
@@ -101,7 +96,9 @@ def _md_table(front: Front) -> list[str]:
 def write_report(run_dir: str | Path | Run, out_dir: str | Path | None = None,
                  reference: Sequence[float] | None = None) -> Path:
     """Write the plots and `report.md` into `out_dir` (default: the run directory)."""
-    run = run_dir if isinstance(run_dir, Run) else load_run(run_dir)
+    run = run_dir if isinstance(run_dir, Run) else open_run(run_dir)
+    if out_dir is None and run.path is None:
+        raise ConfigError("the run has no run directory here; give --out DIR for the report.")
     out = Path(out_dir) if out_dir is not None else run.path
     out.mkdir(parents=True, exist_ok=True)
     front = pareto_front(run, reference=reference)
@@ -124,7 +121,8 @@ def write_report(run_dir: str | Path | Run, out_dir: str | Path | None = None,
     cons = ", ".join(str(c) for c in run.constraints) or "none"
     b = budget_summary(run)
     md = [f"# Search report: {run.name}", "",
-          f"- engine: {run.engine or '-'}; device: {run.device or '-'}; created: {run.created or '-'}",
+          f"- engine: {run.engine or '-'}; device: {run.meta.device or '-'}; created: "
+          f"{run.meta.created or '-'}; storage: `{run.storage}` (study {run.study_name})",
           f"- objectives: {objs}",
           f"- constraints: {cons}", "",
           f"## Pareto front ({len(front.trials)} of {len(front.candidates)} feasible complete "
@@ -143,12 +141,13 @@ def write_report(run_dir: str | Path | Run, out_dir: str | Path | None = None,
     if b["trials_budget"] is not None:
         budget.append(f"trials budget {b['trials_budget']}")
     if b["time_budget_s"] is not None:
-        budget.append(f"time budget {_hms(b['time_budget_s'])}")
+        budget.append(f"time budget {fmt_duration(b['time_budget_s'])}")
     md += ["## How the budget was spent", "",
            f"- trials: {b['trials']} ({by_state or 'none'})"
            + (f"; {', '.join(budget)}" if budget else ""),
-           f"- total evaluation time: {_hms(b['total_time_s'])}, of which training "
-           f"{_hms(b['training_time_s'])}",
+           f"- search wall time: {fmt_duration(b['elapsed_s'])}; evaluation time summed over "
+           f"trials: {fmt_duration(b['total_time_s'])}, of which training "
+           f"{fmt_duration(b['training_time_s'])}",
            f"- duplicates answered from an earlier trial (reused, not retrained): "
            f"{b['reused_duplicates']}",
            f"- rejected as infeasible before training: {b['rejected_before_training']} "
@@ -158,9 +157,7 @@ def write_report(run_dir: str | Path | Run, out_dir: str | Path | None = None,
         md += [f"### {title}", "", f"![{title}]({f})", ""]
     if k >= 2:
         md += ["Interactive front (hover for architectures): [pareto.html](pareto.html)", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(md))
-    return path
+    return atomic_write(out / "report.md", "\n".join(md) + "\n")
 
 
 def front_json(front: Front) -> str:

@@ -44,7 +44,7 @@ _LAZY = {
     "measure_latency": "shiftnas.evaluators",
     "load_budget": "shiftnas.nas.budget",
     "run_search": "shiftnas.nas.commands",
-    "load_run": "shiftnas.results",
+    "open_run": "shiftnas.nas.store",
     "pareto_front": "shiftnas.results",
     "export_arch": "shiftnas.results",
 }

@@ -47,12 +47,20 @@ def test_examples_parse_and_defaults_are_filled():
     ({"data": {"name": "cifar10"}}, r"budget.data.path: .*is required"),
     ({"pruning": {"eta": 1}}, r"budget.pruning.eta: .*must be an integer >= 2"),
     ({"latency": {"repeats": -1}}, r"budget.latency.repeats"),
-    ({"storage": "study.db"}, r"budget.storage: .*must be a database URL"),
+    ({"storage": "study.db"}, r"budget.storage: must be a storage URL such as"),
+    ({"storage": "sqlite:///"}, r"budget.storage: 'sqlite:///' is an in-memory database"),
+    ({"storage": "sqlite:///:memory:"}, r"in-memory database"),
+    ({"time_budget": float("inf")}, r"budget.time_budget: must be a positive number"),
+    ({"time_budget": "0s"}, r"budget.time_budget: must be a positive duration"),
+    ({"device": "gpu"}, r"budget.device: must be auto, cpu, cuda or cuda:N"),
+    ({"keep_weights": "some"}, r"budget.keep_weights: must be one of \['all', 'front', 'none'\]"),
+    ({"stop_after_failures": -1}, r"budget.stop_after_failures: must be an integer >= 0"),
+    ({"artifacts": ""}, r"budget.artifacts: must be a folder"),
     ({"space": {"stages": []}}, r"budget.space: budget.space.stages: must be a non-empty list"),
     ({"space": "no/such/space.yaml"}, r"space file 'no/such/space.yaml' does not exist"),
     ({"proxies": ["magic"]}, r"budget.proxies: must be a list of proxy names"),
     ({"workers": 0}, r"budget.workers: .*must be an integer >= 1"),
-    ({"objectives": [{"metric": [1]}]}, r"budget.objectives\[0\].metric: unknown metric \[1\]"),
+    ({"objectives": [{"metric": [1]}]}, r"budget.objectives\[0\].metric: must be a metric name, got \[1\]"),
     ({"export": "best accuracy"}, r"budget.export: --pick 'best accuracy'"),
     ({"export": "max speed"}, r"budget.export: unknown metric 'speed'"),
 ])
@@ -92,8 +100,9 @@ def test_cli_argument_errors_exit_2_without_traceback(tmp_path):
 
 def test_an_unreachable_storage_is_a_clear_error_before_the_run_exists(tmp_path, capsys):
     bad = tmp_path / "b.yaml"
+    (tmp_path / "afile").write_text("not a folder")
     bad.write_text(yaml.safe_dump({**GOOD, "out_dir": str(tmp_path / "runs"),
-                                   "storage": "sqlite:////no/such/dir/x.db"}))
+                                   "storage": f"sqlite:///{tmp_path / 'afile' / 'x.db'}"}))
     assert main(["search", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "budget.storage: cannot open the Optuna storage" in err and "Traceback" not in err

@@ -1,8 +1,11 @@
-"""The search end to end, with real Optuna on SQLite and a real local Ray, on tiny budgets."""
+"""The search end to end, with real Optuna storages (SQLite, journal) and a real local Ray.
+
+The storage is the record: every assertion reads trials back through
+`nas.store.open_run`, or straight from the Optuna study.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -17,13 +20,15 @@ import optuna
 import pytest
 import yaml
 
-import shiftnas.nas.evaluate
+import shiftnas.nas.trial
+from shiftnas.errors import ConfigError, StorageError
 from shiftnas.nas.budget import budget_from_dict
 from shiftnas.nas.cli import main
 from shiftnas.nas.commands import run_search
+from shiftnas.nas.optuna_driver import SearchFailed
 from shiftnas.nas.pruning import rungs, should_continue
-from shiftnas.nas.store import RunStore
-from shiftnas.results.pareto import nondominated_ranks
+from shiftnas.nas.rundir import RunDir
+from shiftnas.nas.store import open_run
 
 SPACE = {
     "stem_width": 16,
@@ -46,64 +51,86 @@ def budget_dict(tmp_path: Path, **kw) -> dict:
     return d
 
 
-def records(run_dir: Path) -> dict[int, dict]:
-    return RunStore(run_dir).trials()
+def records(run_dir: Path) -> dict[int, object]:
+    return {t.number: t for t in open_run(run_dir).trials}
+
+
+def finished(run_dir: Path) -> dict[int, object]:
+    return {n: t for n, t in records(run_dir).items()
+            if t.state in ("complete", "pruned", "infeasible")}
+
+
+def _write_budget(tmp_path: Path, **kw) -> Path:
+    path = tmp_path / "budget.yaml"
+    path.write_text(yaml.safe_dump(budget_dict(tmp_path, **kw)))
+    return path
 
 
 def test_search_end_to_end_leaves_a_complete_run_dir(tmp_path, capsys):
-    b = budget_from_dict(budget_dict(tmp_path))
-    run_dir = run_search(b)
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path)))
     recs = records(run_dir)
     assert sorted(recs) == list(range(5))
-    for n, r in recs.items():
-        assert (run_dir / "archs" / f"trial_{n:05d}.yaml").is_file()
-        if r["state"] == "complete":
-            assert 0 <= r["metrics"]["accuracy"] <= 1 and r["metrics"]["params"] > 0
-            assert (run_dir / "weights" / f"trial_{n:05d}.pt").is_file()
-    for f in ("run.json", "budget.yaml", "study.db", "log.txt", "report.md", "pareto.png",
-              "export/model.py", "export/arch.yaml", "export/weights.pt"):
+    for r in recs.values():
+        assert r.state == "complete" and r.archid and r.arch and r.worker
+        assert 0 <= r.metrics["accuracy"] <= 1 and r.metrics["params"] > 0
+        assert r.weights is not None  # kept in the artifact store
+    artifacts = [p for p in (run_dir / "artifacts").rglob("*") if p.is_file()]
+    assert len(artifacts) == 5
+    for f in ("run.json", "study.db", "log.txt", "trials.jsonl", "trials.csv", "report.md",
+              "pareto.png", "export/model.py", "export/arch.yaml", "export/weights.pt"):
         assert (run_dir / f).exists(), f
+    assert not (run_dir / "archs").exists() and not (run_dir / "weights").exists()
     err = capsys.readouterr().err
     assert "[   5/5]" in err and "front" in err and "elapsed" in err  # progress lines
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'study.db'}")
-    assert len(study.trials) == 5
+    assert len(study.trials) == 5 and study.user_attrs["shiftnas"]["objectives"][0]["name"] == \
+        "accuracy"
     assert main(["status", str(run_dir)]) == 0
-    assert "5/5 trials" in capsys.readouterr().out
+    assert "5/5 trials finished" in capsys.readouterr().out
+    # The view is rebuilt from the storage: delete it, report again, same trials.
+    (run_dir / "trials.csv").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert len((run_dir / "trials.csv").read_text().splitlines()) == 6
 
 
-def test_constraints_stop_training(tmp_path, monkeypatch):
+def test_constraints_stop_training_and_reach_the_sampler(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("an infeasible candidate was trained")
 
-    monkeypatch.setattr(shiftnas.nas.evaluate, "train", no_training)
-    b = budget_from_dict(budget_dict(tmp_path, constraints=["params <= 1000"], trials=4))
-    run_dir = run_search(b)
+    monkeypatch.setattr(shiftnas.nas.trial, "train", no_training)
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path, constraints=["params <= 1000"],
+                                                      trials=4)))
     recs = records(run_dir)
-    assert len(recs) == 4 and {r["state"] for r in recs.values()} == {"infeasible"}
-    assert all("params" in r["reason"] and r["metrics"]["params"] > 1000 for r in recs.values())
-    assert not any((run_dir / "weights").iterdir())
-    assert not (run_dir / "rungs.jsonl").exists()
+    assert len(recs) == 4 and {r.state for r in recs.values()} == {"infeasible"}
+    assert all("params" in r.reason and r.metrics["params"] > 1000 for r in recs.values())
+    assert not (run_dir / "artifacts").exists() or not any((run_dir / "artifacts").rglob("*.pt"))
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'study.db'}")
+    # Optuna's samplers see each trial's constraint violation (> 0: infeasible).
+    for t in study.trials:
+        (v,) = [val for k, val in t.system_attrs.items() if k.startswith("constraints")]
+        assert v > 0
 
 
 def test_duplicates_are_reused_not_retrained(tmp_path, monkeypatch):
     calls = []
-    real = shiftnas.nas.evaluate.train
+    real = shiftnas.nas.trial.train
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(shiftnas.nas.evaluate, "train", counting)
+    monkeypatch.setattr(shiftnas.nas.trial, "train", counting)
     run_dir = run_search(budget_from_dict(budget_dict(tmp_path, space=ONE_ARCH, trials=3)))
     recs = records(run_dir)
     assert len(calls) == 1
-    assert recs[0]["reused_from"] is None
-    assert recs[1]["reused_from"] == 0 and recs[2]["reused_from"] == 0
-    assert recs[1]["metrics"] == recs[0]["metrics"] and recs[1]["archid"] == recs[0]["archid"]
+    assert recs[0].reused_from is None
+    assert recs[1].reused_from == 0 and recs[2].reused_from == 0
+    assert recs[1].metrics == recs[0].metrics and recs[1].archid == recs[0].archid
+    assert recs[1].weights == recs[0].weights  # the duplicate points at the same weights
 
 
-def test_a_failing_trial_does_not_stop_the_run(tmp_path, monkeypatch):
-    real, calls = shiftnas.nas.evaluate.train, []
+def test_a_failing_trial_does_not_stop_the_search_and_is_retried_on_resume(tmp_path, monkeypatch):
+    real, calls = shiftnas.nas.trial.train, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -111,22 +138,33 @@ def test_a_failing_trial_does_not_stop_the_run(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash inside training")
         return real(*a, **k)
 
-    monkeypatch.setattr(shiftnas.nas.evaluate, "train", flaky)
+    monkeypatch.setattr(shiftnas.nas.trial, "train", flaky)
+    path = _write_budget(tmp_path, trials=4)
     run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=4)))
     recs = records(run_dir)
-    states = Counter(r["state"] for r in recs.values())
-    assert len(recs) == 4 and states["failed"] == 1
-    failed = next(r for r in recs.values() if r["state"] == "failed")
-    assert "simulated crash" in failed["reason"]
+    states = Counter(r.state for r in recs.values())
+    assert states == {"complete": 4, "failed": 1}  # a failed trial does not count as done
+    failed = next(r for r in recs.values() if r.state == "failed")
+    assert "simulated crash" in failed.reason
     assert "simulated crash" in (run_dir / "log.txt").read_text()
+    # A new launch retries it once, with the same parameters.
+    assert main(["search", str(path), "--trials", "5"]) == 0
+    retry = [r for r in records(run_dir).values() if r.retry_of == failed.number]
+    assert len(retry) == 1 and retry[0].state == "complete" and retry[0].params == failed.params
 
 
-def test_nan_loss_is_recorded_as_failed(tmp_path):
-    run_dir = run_search(budget_from_dict(budget_dict(
-        tmp_path, trials=2, train={"epochs": 2, "batch_size": 30, "lr": 1e30, "precise_bn": 0})))
-    recs = records(run_dir)
-    assert len(recs) == 2
-    assert all(r["state"] == "failed" and r["reason"].startswith("nan") for r in recs.values())
+def test_a_run_of_failures_stops_the_search_with_the_reason(tmp_path, capsys):
+    path = _write_budget(tmp_path, trials=5, stop_after_failures=3,
+                         train={"epochs": 2, "batch_size": 30, "lr": 1e30, "precise_bn": 0})
+    with pytest.raises(SearchFailed, match=r"3 failed trials in a row: nan: training loss"):
+        run_search(budget_from_dict(budget_dict(tmp_path, trials=5, stop_after_failures=3,
+                                                train={"epochs": 2, "batch_size": 30,
+                                                       "lr": 1e30, "precise_bn": 0})))
+    run_dir = tmp_path / "runs" / "t"
+    assert Counter(r.state for r in records(run_dir).values()) == {"failed": 3}
+    assert main(["search", str(path)]) == 1  # one paragraph, exit 1
+    err = capsys.readouterr().err
+    assert "in a row" in err and "Traceback" not in err
 
 
 def test_successive_halving_rule():
@@ -140,25 +178,36 @@ def test_successive_halving_rule():
                  9) == [1, 2, 4, 8]
 
 
+def _brute_force_ranks(points: dict[int, tuple[float, float]]) -> dict[int, int]:
+    """Non-dominated ranks by peeling fronts with a pairwise check (minimisation)."""
+    left, rank, out = dict(points), 0, {}
+    while left:
+        front = [k for k, p in left.items() if not any(
+            all(a <= b for a, b in zip(q, p)) and q != p for j, q in left.items() if j != k)]
+        for k in front:
+            out[k] = rank
+            del left[k]
+        rank += 1
+    return out
+
+
 def test_pruning_stops_dominated_trials_and_keeps_partial_results(tmp_path):
     b = budget_from_dict(budget_dict(
         tmp_path, trials=10, train={"epochs": 3, "batch_size": 60, "precise_bn": 0},
         pruning={"enabled": True, "eta": 2, "min_epochs": 1, "min_trials": 2}))
-    run_dir = run_search(b)
-    recs = records(run_dir)
-    pruned = [r for r in recs.values() if r["state"] == "pruned"]
+    recs = records(run_search(b))
+    pruned = [r for r in recs.values() if r.state == "pruned"]
     assert pruned, "some trial should have been dominated at a rung"
-    rung_lines = [json.loads(x) for x in (run_dir / "rungs.jsonl").read_text().splitlines()]
     for r in pruned:
-        assert r["metrics"]["epochs"] < 3 and "accuracy" in r["metrics"]  # partial results kept
-        epoch = int(r["metrics"]["epochs"])
-        # Recompute the decision from what the rung held when this trial arrived.
-        upto = [x for x in rung_lines if x["epoch"] == epoch]
-        idx = next(i for i, x in enumerate(upto) if x["number"] == r["number"])
-        seen = {x["number"]: np.array([-x["accuracy"], x["costs"]["params"]]) for x in upto[:idx + 1]}
-        ranks = nondominated_ranks(np.stack(list(seen.values())))
-        mine = ranks[list(seen).index(r["number"])]
-        assert mine > 0 and (ranks < mine).sum() >= math.ceil(len(seen) / 2)
+        assert r.metrics["epochs"] < 3 and "accuracy" in r.metrics  # partial results kept
+        epoch = int(r.metrics["epochs"])
+        assert r.rungs[epoch] == r.metrics["accuracy"]  # the rung value is in the storage
+        # One worker: the trials at the rung when r arrived are those numbered up to r.
+        seen = {n: (-t.rungs[epoch], t.metrics["params"]) for n, t in recs.items()
+                if epoch in t.rungs and n <= r.number}
+        ranks = _brute_force_ranks(seen)
+        better = sum(1 for v in ranks.values() if v < ranks[r.number])
+        assert ranks[r.number] > 0 and better >= math.ceil(len(seen) / 2)
 
 
 def test_same_budget_and_seed_give_the_same_architectures(tmp_path):
@@ -167,14 +216,8 @@ def test_same_budget_and_seed_give_the_same_architectures(tmp_path):
         d = budget_dict(tmp_path / str(k), objectives=["params", "macs"], sampler="nsga2",
                         population_size=4, trials=10)
         run_dir = run_search(budget_from_dict(d))
-        seqs.append([records(run_dir)[n]["archid"] for n in range(10)])
+        seqs.append([records(run_dir)[n].archid for n in range(10)])
     assert seqs[0] == seqs[1]
-
-
-def _write_budget(tmp_path: Path, **kw) -> Path:
-    path = tmp_path / "budget.yaml"
-    path.write_text(yaml.safe_dump(budget_dict(tmp_path, **kw)))
-    return path
 
 
 def test_resume_after_a_kill_loses_nothing_and_repeats_nothing(tmp_path):
@@ -184,59 +227,97 @@ def test_resume_after_a_kill_loses_nothing_and_repeats_nothing(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and len(records(run_dir)) < 3:
+    while time.time() < deadline:
+        if (run_dir / "trials.jsonl").exists() and len(RunDir(run_dir).recorded_numbers()) >= 3:
+            break
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = records(run_dir)
+    before = finished(run_dir)
     assert 3 <= len(before) < 7
     assert main(["search", str(path), "--resume"]) == 0
-    after = records(run_dir)
+    after = finished(run_dir)
     for n, r in before.items():
         assert after[n] == r  # no finished trial lost or changed
     assert len(after) == 7
-    trained = Counter(r["archid"] for r in after.values()
-                      if r["state"] in ("complete", "pruned") and r["reused_from"] is None)
+    trained = Counter(r.archid for r in after.values() if r.reused_from is None)
     assert max(trained.values()) == 1  # nothing trained twice
+    assert not [r for r in records(run_dir).values() if r.state == "running"]
 
 
-def test_workers_share_one_storage(tmp_path):
-    d = budget_dict(tmp_path, trials=8, workers=2)
-    run_dir = run_search(budget_from_dict(d))
-    recs = records(run_dir)
-    assert 8 <= len(recs) <= 9  # the last trials may start in both workers at once
+def test_workers_share_the_journal_storage(tmp_path):
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=8, workers=2)))
+    assert (run_dir / "journal.log").is_file() and not (run_dir / "study.db").exists()
+    assert len(finished(run_dir)) == 8  # exactly the budget: a surplus trial steps aside
     log = (run_dir / "log.txt").read_text()
-    assert "worker 0 opened the study" in log and "worker 1 opened the study" in log
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'study.db'}")
-    assert sorted(t.number for t in study.trials) == sorted(recs)
+    assert "worker 0 joined" in log and "worker 1 joined" in log
 
 
-def test_ray_engine_writes_the_same_run_directory(tmp_path):
-    ray = pytest.importorskip("ray")
-    expect = {"complete": "COMPLETE", "infeasible": "COMPLETE", "pruned": "PRUNED", "failed": "FAIL"}
+def test_a_run_whose_storage_lost_its_trials_is_refused(tmp_path, capsys):
+    path = _write_budget(tmp_path, trials=2, objectives=["params", "macs"])
+    assert main(["search", str(path)]) == 0
+    run_dir = tmp_path / "runs" / "t"
+    (run_dir / "study.db").unlink()  # F1: the record is gone, the view remains
+    assert main(["search", str(path), "--trials", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "recorded 2 finished trial(s)" in err and "never overwritten" in err
+    assert not (run_dir / "study.db").exists() or not finished(run_dir)
+
+
+def test_another_search_with_the_same_name_is_refused(tmp_path, capsys):
+    shared = f"sqlite:///{tmp_path / 'shared.db'}"
+    first = _write_budget(tmp_path, trials=1, objectives=["params", "macs"], storage=shared)
+    assert main(["search", str(first)]) == 0
+    (tmp_path / "other").mkdir()
+    other = tmp_path / "other" / "b.yaml"  # another run directory, same study name, other settings
+    other.write_text(yaml.safe_dump(budget_dict(tmp_path / "other", trials=1, storage=shared,
+                                                objectives=["params", "macs"],
+                                                train={"epochs": 3, "batch_size": 60})))
+    assert main(["search", str(other)]) == 2
+    assert "other settings (changed: train)" in capsys.readouterr().err
+
+
+def test_moving_the_run_directory_or_the_data_path_is_the_same_search(tmp_path):
+    path = _write_budget(tmp_path, trials=1, objectives=["params", "macs"])
+    assert main(["search", str(path)]) == 0
+    d = budget_dict(tmp_path, trials=2, objectives=["params", "macs"])
+    d["out_dir"] = os.path.relpath(tmp_path / "runs")  # another spelling of the same folder
+    cwd = os.getcwd()
     try:
-        d = budget_dict(tmp_path, engine="ray", trials=3, workers=2, ray={"num_cpus": 2})
-        run_dir = run_search(budget_from_dict(d))
-        # A diverging learning rate fails every trained trial, in whichever process it runs.
-        d2 = budget_dict(tmp_path, name="t2", engine="ray", trials=3, workers=2,
-                         ray={"num_cpus": 2}, constraints=["params <= 20000"],
-                         train={"epochs": 2, "batch_size": 30, "lr": 1e30, "precise_bn": 0})
-        run_dir2 = run_search(budget_from_dict(d2))
+        os.chdir(tmp_path)
+        d["out_dir"] = "./runs"
+        run_search(budget_from_dict(d))
+    finally:
+        os.chdir(cwd)
+    assert len(finished(tmp_path / "runs" / "t")) == 2
+
+
+def test_ray_engine_writes_the_same_record(tmp_path):
+    ray = pytest.importorskip("ray")
+    expect = {"complete": "COMPLETE", "infeasible": "COMPLETE", "pruned": "PRUNED",
+              "failed": "FAIL"}
+    try:
+        run_dir = run_search(budget_from_dict(budget_dict(
+            tmp_path, engine="ray", trials=3, workers=2, ray={"num_cpus": 2})))
+        # A constraint nothing meets: every trial is infeasible, and the sampler is told so.
+        run_dir2 = run_search(budget_from_dict(budget_dict(
+            tmp_path, name="t2", engine="ray", trials=3, workers=2, ray={"num_cpus": 2},
+            constraints=["params <= 1000"])))
     finally:
         ray.shutdown()
-    recs = records(run_dir)
-    assert sorted(recs) == [0, 1, 2]
-    assert all(r["engine"] == "ray" and r["state"] == "complete" for r in recs.values())
-    assert json.loads((run_dir / "run.json").read_text())["engine"] == "ray"
+    recs = finished(run_dir)
+    assert sorted(recs) == [0, 1, 2] and {r.state for r in recs.values()} == {"complete"}
+    assert open_run(run_dir).engine == "ray"
     assert (run_dir / "report.md").exists() and (run_dir / "export" / "model.py").exists()
-    recs2 = records(run_dir2)
-    assert "failed" in {r["state"] for r in recs2.values()}
-    for name, rs in (("t", recs), ("t2", recs2)):
-        study = optuna.load_study(study_name=name,
-                                  storage=f"sqlite:///{tmp_path / 'runs' / name / 'study.db'}")
-        # No trial left RUNNING; each study state matches the run directory's record.
+    for directory in (run_dir, run_dir2):
+        assert (directory / "journal.log").is_file()  # two workers: the journal file storage
+        study = open_run(directory).store.study
+        rs = records(directory)
+        # No trial left RUNNING; every study state matches the record's state.
         assert {t.number: t.state.name for t in study.trials} == {
-            n: expect[r["state"]] for n, r in rs.items()}
+            n: expect[r.state] for n, r in rs.items()}
+    for t in open_run(run_dir2).store.study.trials:  # constraints reached the sampler: infeasible, not plain complete
+        assert any(k.startswith("constraints") and v > 0 for k, v in t.system_attrs.items())
 
 
 def test_optuna_dashboard_sees_the_study(tmp_path):
@@ -251,29 +332,40 @@ def test_optuna_dashboard_sees_the_study(tmp_path):
     status = []
     body = b"".join(app(env, lambda s, h, exc_info=None: status.append(s)))
     assert status[0].startswith("200")
-    studies = json.loads(body)["study_summaries"]
-    assert [s["study_name"] for s in studies] == ["t"]
+    import json
+
+    assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == ["t"]
 
 
-def test_a_record_cut_short_by_a_kill_does_not_hide_later_ones(tmp_path):
-    from shiftnas.results.store import load_run
-
+def test_a_line_cut_short_in_the_view_does_not_swallow_the_next(tmp_path):
     run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=2,
                                                       objectives=["params", "macs"])))
     with open(run_dir / "trials.jsonl", "a") as fh:
         fh.write('{"number": 99, "sta')  # what a kill in the middle of a write leaves
-    store = RunStore(run_dir)
-    store.record_trial({**store.trials()[0], "number": 100})
-    assert sorted(store.trials()) == [0, 1, 100]
-    assert [t.number for t in load_run(run_dir).trials] == [0, 1, 100]
+    view = RunDir(run_dir)
+    view.append_trial(open_run(run_dir).trial(0))
+    assert view.recorded_numbers() == {0, 1}
+    assert (run_dir / "trials.jsonl").read_text().splitlines()[-1].startswith('{"arch"')
 
 
-def test_an_unclaimed_orphan_trial_does_not_eat_the_budget(tmp_path):
+def test_an_unclaimed_orphan_trial_does_not_eat_the_budget(tmp_path, monkeypatch):
     """A kill between Optuna creating a trial and the objective claiming it leaves an orphan."""
     d = budget_dict(tmp_path, trials=3, objectives=["params", "macs"])
     run_dir = run_search(budget_from_dict(d))
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'study.db'}")
-    study.ask()  # RUNNING, no host/pid: what the kill leaves behind
+    study.ask()  # RUNNING, no worker: what the kill leaves behind
+    monkeypatch.setattr(shiftnas.nas.store, "UNCLAIMED_S", 0)  # long ago, as far as the run knows
     assert main(["search", "--trials", "5", str(_write_budget(tmp_path, trials=3,
                                                              objectives=["params", "macs"]))]) == 0
-    assert len(records(run_dir)) == 5
+    assert len(finished(run_dir)) == 5
+
+
+def test_reading_a_missing_search_creates_nothing(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(
+        '{"storage": "sqlite:///%s", "study": "x"}' % (tmp_path / "r" / "study.db"))
+    for cmd in (["status", str(tmp_path / "r")], ["dashboard", str(tmp_path / "r")]):
+        assert main(cmd) == 2
+    assert not (tmp_path / "r" / "study.db").exists()
+    with pytest.raises((ConfigError, StorageError)):
+        open_run(tmp_path / "r")

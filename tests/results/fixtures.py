@@ -1,15 +1,22 @@
-"""Synthetic run directories in the search driver's format (run.json, trials.jsonl, archs/)."""
+"""Synthetic searches written through the real writer: an Optuna study in SQLite, via nas.store.
+
+Trials are created, recorded (`nas.trial.record`) and told exactly as a search
+does, so the readers' tests follow the writer's format instead of a copy of it.
+"""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shiftnas.searchspace import load_space, sample_random, save_arch
+from shiftnas.metrics import Constraint, Objective
+from shiftnas.nas.rundir import RunDir
+from shiftnas.nas.store import RunMeta, SearchStore
+from shiftnas.nas.trial import Outcome, record
+from shiftnas.searchspace import build_model, load_space, sample_random
 from shiftnas.searchspace.genome import decode_net
 
 OBJECTIVES = [{"name": "accuracy", "direction": "maximize"},
@@ -21,35 +28,40 @@ def _arch(seed: int) -> str:
 
 
 def make_run(root: Path, trials: list[dict[str, Any]], objectives: list[dict] | None = None,
-             constraints: list[dict] | None = None, name: str = "run") -> Path:
-    """Write a run directory under `root/name`. Each trial dict gives at least number, state
-    and metrics; arch/archid default to a sample seeded by the number (or by `same_arch_as`)."""
-    run = root / name
-    (run / "archs").mkdir(parents=True, exist_ok=True)
-    meta = {"name": name, "engine": "optuna", "created": "2025-01-01T00:00:00",
-            "objectives": objectives or OBJECTIVES,
-            "constraints": constraints if constraints is not None else
-            [{"metric": "params", "op": "<=", "value": 3_000_000}],
-            "trials_budget": 50, "time_budget_s": None,
-            "storage": f"sqlite:///{run / 'study.db'}", "study_name": name, "device": "cpu"}
-    (run / "run.json").write_text(json.dumps(meta, indent=2))
-    lines = []
-    for t in trials:
-        t = dict(t)
-        src = t.pop("same_arch_as", t["number"])
-        arch = t.get("arch") or _arch(src)
-        net = decode_net(arch)
-        rec = {"number": t["number"], "state": t["state"], "archid": net.archid, "arch": arch,
-               "metrics": t.get("metrics", {}), "feasible": t.get("feasible", True),
-               "reason": t.get("reason"), "started": "2025-01-01T00:00:00",
-               "finished": t.get("finished", "2025-01-01T00:01:00"),
-               "duration_s": t.get("duration_s", 60.0), "reused_from": t.get("reused_from")}
-        lines.append(json.dumps(rec))
-        save_arch(net, run / "archs" / f"trial_{t['number']:05d}.yaml", rec["metrics"] or None)
-    (run / "trials.jsonl").write_text("\n".join(lines) + "\n")
-    (run / "budget.yaml").write_text("# the budget file as used\n")
-    (run / "log.txt").write_text("")
-    return run
+             constraints: list[str] | None = None, name: str = "run",
+             weights: set[int] = frozenset()) -> Path:
+    """A search under `root/name` with these trials, in order of `number` (0, 1, ...).
+
+    Each trial dict gives `number`, `state` (complete, pruned, infeasible, failed,
+    running) and `metrics`; arch defaults to a sample seeded by the number (or by
+    `same_arch_as`). Trials in `weights` get the builder's initial weights as an artifact.
+    """
+    run_dir = root / name
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    objs = tuple(Objective(o["name"], o["direction"]) for o in objectives or OBJECTIVES)
+    cons = tuple(Constraint.parse(c) for c in (constraints if constraints is not None
+                                               else ["params <= 3000000"]))
+    store = SearchStore.open(url, name, directions=[o.direction for o in objs],
+                             artifacts=str(run_dir / "artifacts"))
+    store.set_meta(RunMeta(name=name, engine="optuna", objectives=objs, constraints=cons,
+                           settings="fixture", trials_budget=50, device="cpu",
+                           created="2025-01-01T00:00:00+00:00"))
+    for t in sorted(trials, key=lambda t: t["number"]):
+        trial = store.study.ask()
+        assert trial.number == t["number"], "fixture trials are numbered 0, 1, 2, ..."
+        store.claim(trial)
+        net = decode_net(t.get("arch") or _arch(t.get("same_arch_as", t["number"])))
+        if t["state"] == "running":
+            continue
+        art = store.save_weights(trial, build_model(net).state_dict()) \
+            if t["number"] in weights else None
+        out = Outcome(t["state"], dict(t.get("metrics", {})), t.get("feasible", True),
+                      t.get("reason"), t.get("reused_from"), art)
+        record(trial, net, out, cons)
+        state, values = out.tell(objs)
+        store.study.tell(trial, values=values, state=state)
+    RunDir(run_dir).write_pointer(url, name, str(run_dir / "artifacts"))
+    return run_dir
 
 
 def synthetic_run(root: Path, n: int = 40, seed: int = 0, objectives: list[dict] | None = None,
@@ -69,26 +81,22 @@ def synthetic_run(root: Path, n: int = 40, seed: int = 0, objectives: list[dict]
                    "macs": macs, "traffic_mb": macs / 4e6, "epochs": 5.0,
                    "train_s": round(float(rng.uniform(20, 90)), 1)}
         rec: dict[str, Any] = {"number": i, "arch": net.encode(), "state": "complete",
-                               "metrics": metrics, "duration_s": metrics["train_s"] + 5}
+                               "metrics": metrics}
         u = rng.random()
         if params > 1_000_000:
             rec.update(state="infeasible", feasible=False, reason="params > 1000000",
-                       metrics={k: metrics[k] for k in ("params", "macs", "latency_ms")},
-                       duration_s=0.4)
+                       metrics={k: metrics[k] for k in ("params", "macs", "latency_ms")})
         elif u < 0.15:
             rec.update(state="pruned", reason="pruned at epoch 2",
-                       metrics={**metrics, "accuracy": round(acc * 0.8, 4), "epochs": 2.0},
-                       duration_s=metrics["train_s"] * 0.4)
+                       metrics={**metrics, "accuracy": round(acc * 0.8, 4), "epochs": 2.0})
         elif u < 0.22:
-            rec.update(state="failed", reason="RuntimeError: out of memory", metrics={},
-                       duration_s=3.0)
+            rec.update(state="failed", reason="RuntimeError: out of memory", metrics={})
         elif u < 0.3 and archs:
             j = int(rng.integers(len(archs)))
-            rec.update(arch=archs[j], reused_from=j, duration_s=0.0,
-                       metrics=dict(trials[j]["metrics"]))
+            rec.update(arch=archs[j], reused_from=j, metrics=dict(trials[j]["metrics"]))
             rec["state"] = trials[j]["state"]
             rec["feasible"] = trials[j].get("feasible", True)
         archs.append(rec["arch"])
         trials.append(rec)
     return make_run(root, trials, objectives=objectives, name=name,
-                    constraints=[{"metric": "params", "op": "<=", "value": 1_000_000}])
+                    constraints=["params <= 1000000"])

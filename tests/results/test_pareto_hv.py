@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from shiftnas.errors import ConfigError
+from shiftnas.nas.store import open_run
 from shiftnas.results.pareto import (
     hypervolume,
     hypervolume_history,
@@ -15,7 +16,6 @@ from shiftnas.results.pareto import (
     pareto_front,
     reference_point,
 )
-from shiftnas.results.store import load_run
 
 from .fixtures import make_run
 
@@ -106,7 +106,7 @@ def test_front_of_run_skips_pruned_infeasible_and_duplicates(tmp_path):
         dict(number=6, state="complete", metrics={"accuracy": 0.85, "latency_ms": 2.0}),  # tie
         dict(number=7, state="failed", metrics={}),
     ]
-    run = load_run(make_run(tmp_path, trials))
+    run = open_run(make_run(tmp_path, trials))
     front = pareto_front(run)
     assert [t.number for t in front.trials] == [1, 5, 6]  # best accuracy first
     assert 4 not in [t.number for t in front.candidates]

@@ -7,10 +7,10 @@ import builtins
 import pytest
 from matplotlib import image as mpimg
 
+from shiftnas.nas.store import open_run
 from shiftnas.results.pareto import pareto_front
 from shiftnas.results.plots import plot_pareto, write_html
 from shiftnas.results.report import budget_summary, write_report
-from shiftnas.results.store import load_run
 
 from .fixtures import make_run, synthetic_run
 
@@ -34,7 +34,7 @@ def test_report_two_objectives(tmp_path):
         _check_png(run_dir / name)
     assert not (run_dir / "pareto_pairs.png").exists()
     md = report.read_text()
-    run = load_run(run_dir)
+    run = open_run(run_dir)
     front = pareto_front(run)
     for t in front.trials:
         assert f"| {t.number} |" in md
@@ -61,13 +61,13 @@ def test_log_axes_when_a_cost_spans_decades(tmp_path):
     trials = [dict(number=i, state="complete", metrics={"accuracy": 0.5 + 0.04 * i,
                                                         "latency_ms": 0.01 * 3.0 ** i})
               for i in range(10)]
-    run = load_run(make_run(tmp_path, trials))
+    run = open_run(make_run(tmp_path, trials))
     path = plot_pareto(run, pareto_front(run), tmp_path / "p.png")
     _check_png(path)
 
 
 def test_html_fallback_without_plotly(tmp_path, monkeypatch):
-    run = load_run(synthetic_run(tmp_path, 12, seed=3))
+    run = open_run(synthetic_run(tmp_path, 12, seed=3))
     front = pareto_front(run)
     real_import = builtins.__import__
 
@@ -84,6 +84,6 @@ def test_html_fallback_without_plotly(tmp_path, monkeypatch):
 
 def test_plotly_html_is_self_contained(tmp_path):
     pytest.importorskip("plotly")
-    run = load_run(synthetic_run(tmp_path, 12, seed=3))
+    run = open_run(synthetic_run(tmp_path, 12, seed=3))
     html = write_html(run, pareto_front(run), tmp_path / "p.html").read_text()
     assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js inline

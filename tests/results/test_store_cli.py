@@ -7,13 +7,14 @@ import json
 import sys
 import types
 
+import optuna
 import pytest
-import torch
 
 from shiftnas.errors import ConfigError
+from shiftnas.nas.store import open_run
 from shiftnas.results.commands import register
-from shiftnas.results.store import load_run, parse_pick, select_trial
-from shiftnas.searchspace import build_model, decode_net
+from shiftnas.results.pareto import parse_pick, select_trial
+from shiftnas.searchspace import decode_net
 
 from .fixtures import make_run, synthetic_run
 
@@ -33,70 +34,61 @@ def _cli(*argv: str) -> int:
     return args.func(args)
 
 
-def test_load_run_last_line_wins_and_partial_line_is_skipped(tmp_path):
-    run_dir = make_run(tmp_path, TRIALS)
-    with open(run_dir / "trials.jsonl", "a") as f:
-        upd = json.loads((run_dir / "trials.jsonl").read_text().splitlines()[0])
-        upd.update(state="failed", reason="boom")
-        f.write(json.dumps(upd) + "\n")
-        f.write('{"number": 9, "sta')  # still being written
-    run = load_run(run_dir)
-    assert [t.number for t in run.trials] == [0, 1, 2, 3, 4]
-    assert run.trial(0).state == "failed" and run.trial(0).reason == "boom"
+def test_open_run_reads_the_storage_not_the_view(tmp_path):
+    run_dir = make_run(tmp_path, TRIALS + [dict(number=5, state="failed", reason="boom"),
+                                           dict(number=6, state="running")])
+    run = open_run(run_dir)
+    assert [t.number for t in run.trials] == list(range(7))
+    assert [t.state for t in run.trials] == ["complete", "complete", "pruned", "infeasible",
+                                             "complete", "failed", "running"]
+    assert run.trial(5).reason == "boom" and run.trial(3).feasible is False
     assert [o.name for o in run.objectives] == ["accuracy", "latency_ms"]
     assert str(run.constraints[0]) == "params <= 3000000"
-    assert run.column("accuracy") == [0.8, 0.9, 0.95, None, 0.85]
-    assert [t.number for t in run.by_state("complete")] == [1, 4]
-    assert [t.number for t in run.candidates()] == [1, 4]
+    assert run.column("accuracy") == [0.8, 0.9, 0.95, None, 0.85, None, None]
+    assert [t.number for t in run.by_state("complete")] == [0, 1, 4]
+    assert [t.number for t in run.candidates()] == [0, 1, 4]
+    # The run directory's trials.jsonl is a view for people: the reader never looks at it.
+    (run_dir / "trials.jsonl").write_text('{"number": 0, "state": "failed"}\n{"number": 9, "sta')
+    assert open_run(run_dir).trial(0).state == "complete"
     with pytest.raises(ConfigError, match="unknown trial state"):
         run.by_state("done")
     with pytest.raises(ConfigError, match="no trial number 7"):
         run.trial(7)
+    # The same search read through its storage URL and study name, from anywhere.
+    again = open_run(storage=f"sqlite:///{run_dir / 'study.db'}", study="run")
+    assert again.trials == run.trials and again.path is None
 
 
 @pytest.mark.parametrize("breakage, match", [
     ("nodir", "does not exist"),
     ("norun", "has no run.json"),
-    ("badjson", "not valid JSON"),
-    ("noobj", "missing key `objectives`"),
-    ("baddir", "`direction` must be one of"),
-    ("notrials", "has no trials.jsonl"),
-    ("badline", r"trials.jsonl:1: not valid JSON"),
-    ("badstate", "`state` must be one of"),
-    ("badmetric", "metric `accuracy` must be a number"),
+    ("badjson", "unreadable"),
+    ("nostorage", "does not exist"),
+    ("nostudy", "has no study 'other'"),
+    ("foreign", "was not made by shiftnas"),
 ])
-def test_malformed_run_dirs_raise_config_error(tmp_path, breakage, match):
+def test_missing_or_foreign_searches_raise_config_error(tmp_path, breakage, match):
     run_dir = make_run(tmp_path, TRIALS)
-    meta = json.loads((run_dir / "run.json").read_text())
+    pointer = json.loads((run_dir / "run.json").read_text())
     if breakage == "nodir":
         run_dir = tmp_path / "missing"
     elif breakage == "norun":
         (run_dir / "run.json").unlink()
     elif breakage == "badjson":
         (run_dir / "run.json").write_text("{nope")
-    elif breakage == "noobj":
-        del meta["objectives"]
-        (run_dir / "run.json").write_text(json.dumps(meta))
-    elif breakage == "baddir":
-        meta["objectives"][0]["direction"] = "maximise"
-        (run_dir / "run.json").write_text(json.dumps(meta))
-    elif breakage == "notrials":
-        (run_dir / "trials.jsonl").unlink()
-    elif breakage == "badline":
-        (run_dir / "trials.jsonl").write_text("{oops\n")
-    else:
-        rec = json.loads((run_dir / "trials.jsonl").read_text().splitlines()[0])
-        if breakage == "badstate":
-            rec["state"] = "done"
-        else:
-            rec["metrics"]["accuracy"] = "high"
-        (run_dir / "trials.jsonl").write_text(json.dumps(rec) + "\n")
+    elif breakage == "nostorage":
+        (run_dir / "study.db").unlink()
+    elif breakage in ("nostudy", "foreign"):
+        if breakage == "foreign":
+            optuna.create_study(study_name="other", storage=pointer["storage"])
+        (run_dir / "run.json").write_text(json.dumps({**pointer, "study": "other"}))
     with pytest.raises(ConfigError, match=match):
-        load_run(run_dir)
+        open_run(run_dir)
+    assert breakage != "nostorage" or not (run_dir / "study.db").exists()  # never created empty
 
 
 def test_pick_grammar_and_selection(tmp_path):
-    run = load_run(make_run(tmp_path, TRIALS))
+    run = open_run(make_run(tmp_path, TRIALS))
     assert parse_pick("max accuracy where latency_ms <= 2 and params<2.5e5") == (
         "max", "accuracy", [("latency_ms", "<=", 2.0), ("params", "<", 2.5e5)])
     assert select_trial(run, "max accuracy").number == 1  # pruned 0.95 does not compete
@@ -111,10 +103,7 @@ def test_pick_grammar_and_selection(tmp_path):
 
 
 def test_cli_export_from_run_with_weights(tmp_path, capsys):
-    run_dir = make_run(tmp_path, TRIALS)
-    net = decode_net(load_run(run_dir).trial(4).arch)
-    (run_dir / "weights").mkdir()
-    torch.save(build_model(net).state_dict(), run_dir / "weights" / "trial_00004.pt")
+    run_dir = make_run(tmp_path, TRIALS, weights={4})
     out = tmp_path / "exp"
     assert _cli("export", str(run_dir), "--pick", "max accuracy where latency_ms <= 2",
                 "--out", str(out)) == 0
@@ -124,8 +113,13 @@ def test_cli_export_from_run_with_weights(tmp_path, capsys):
     assert not (tmp_path / "e1" / "weights.pt").exists()
     with pytest.raises(ConfigError, match="exactly one of --trial"):
         _cli("export", str(run_dir), "--out", str(out))
-    with pytest.raises(ConfigError, match="need a run directory"):
+    with pytest.raises(ConfigError, match="need a search"):
         _cli("export", "resnet20", "--trial", "1", "--out", str(out))
+    # The same trial through the storage URL, from a directory that knows nothing of the run.
+    assert _cli("export", "--storage", f"sqlite:///{run_dir / 'study.db'}", "--study", "run",
+                "--artifacts", str(run_dir / "artifacts"), "--trial", "4",
+                "--out", str(tmp_path / "e2")) == 0
+    assert (tmp_path / "e2" / "weights.pt").read_bytes() == (out / "weights.pt").read_bytes()
 
 
 def test_cli_export_preset_string_and_file(tmp_path):
@@ -156,7 +150,8 @@ def test_cli_dashboard(tmp_path, monkeypatch, capsys):
     fake.run_server = lambda storage, host, port: calls.append((storage, host, port))  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "optuna_dashboard", fake)
     assert _cli("dashboard", str(run_dir), "--port", "9999") == 0
-    assert calls == [(f"sqlite:///{run_dir / 'study.db'}", "127.0.0.1", 9999)]
+    ((storage, host, port),) = calls
+    assert storage.url == f"sqlite:///{run_dir / 'study.db'}" and (host, port) == ("127.0.0.1", 9999)
     monkeypatch.setitem(sys.modules, "optuna_dashboard", None)  # import fails
     with pytest.raises(ConfigError, match=r"pip install 'shiftnas\[dashboard\]'"):
         _cli("dashboard", str(run_dir))
@@ -168,6 +163,6 @@ def test_pick_breaks_ties_towards_the_front(tmp_path):
         dict(number=1, state="complete", metrics={"accuracy": 0.99, "latency_ms": 1.0}),
         dict(number=2, state="complete", metrics={"accuracy": 0.99, "latency_ms": 1.0}),
     ]
-    run = load_run(make_run(tmp_path, trials))
+    run = open_run(make_run(tmp_path, trials))
     # Trial 0 ties on accuracy but is dominated by 1; 1 and 2 are equal: the lower number wins.
     assert select_trial(run, "max accuracy").number == 1
