@@ -224,6 +224,7 @@ def add_run_source(p: argparse.ArgumentParser, metavar: str = "RUN_DIR",
                    help=f"{what}; or give --storage and --study")
     p.add_argument("--storage", help="the search's storage URL (instead of a run directory)")
     p.add_argument("--study", help="the study name (the budget's `name`)")
+    p.add_argument("--artifacts", help="the search's artifact store (default: the run directory's)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -133,7 +133,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "The set replaces any earlier export in --out.")
     add_run_source(p, "RUN_DIR|NAME|ARCH.yaml",
                    "a run directory, a preset name, an architecture file or a network string")
-    p.add_argument("--artifacts", help="the search's artifact store (default: the run's own)")
     p.add_argument("--trial", type=int_arg(0), help="trial number (searches)")
     p.add_argument("--pick", metavar="EXPR",
                    help="'(max|min) METRIC [where METRIC OP NUMBER (and ...)*]' among feasible "
