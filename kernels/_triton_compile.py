@@ -296,8 +296,6 @@ _SPECS: dict[str, KernelSpec] = {}
 
 
 def _worker_init() -> None:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        raise RuntimeError("compiling for a GPU needs a process without TRITON_INTERPRET=1.")
     warnings.filterwarnings("ignore", message=".*TRITON_DEFAULT_FP_FUSION.*")
     _SPECS.update((s.name, s) for s in kernel_specs())
 
@@ -309,6 +307,9 @@ def _run(args: tuple[Job, str]) -> Result:
 
 def compile_all(todo: Sequence[Job], workers: int = 2, stage: str = "cubin") -> list[Result]:
     """Compile `todo` in `workers` processes with a fresh Triton cache (so every job really compiles)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("compiling for a GPU needs a process started without TRITON_INTERPRET=1: "
+                           "the kernel modules read it at import and define interpreted kernels.")
     with tempfile.TemporaryDirectory(prefix="shiftnas-triton-aot-") as cache:
         old = os.environ.get("TRITON_CACHE_DIR")
         os.environ["TRITON_CACHE_DIR"] = cache
