@@ -6,14 +6,15 @@ rejects would first fail on a user's GPU. `triton.compile` needs no device for
 a named target: this module lists every entry kernel as its host function
 launches it (the real config lists, the fixed GPU tiles, every dtype the host
 accepts, the dot precisions it passes) and compiles each one to a cubin with
-`ptxas`, reading shared memory, registers and spills off the result.
+`ptxas`, reading shared memory, registers and spills off the result (or,
+with `stage`, up to an earlier stage).
 
 It must run in a process without `TRITON_INTERPRET=1`: the kernel modules read
 it at import. The CI test (`tests/kernels/test_triton_compile.py`) runs
 
-    python -m shiftnas.kernels._triton_compile --json PATH
+    python -m shiftnas.kernels._triton_compile --stage llir --json PATH
 
-and `benchmarks/triton_compile.py` prints the same results as a table.
+and `benchmarks/triton_compile.py` prints the cubin figures as a table.
 """
 
 from __future__ import annotations
