@@ -24,13 +24,18 @@ from ._triton_shift import (
 )
 from .reference import out_hw
 
-# Fixed tiles, not autotuned: the `dtheta` partial sums, and so the bits of the
-# result, depend on the tile, and an autotuner may pick another one next run.
-_THETA_BLOCK_C, _THETA_BLOCK_P = (16, 64) if INTERPRET else (16, 256)
+
+def _theta_tiles(interpret: bool = INTERPRET) -> tuple[int, int]:
+    """Fixed `dtheta` tiles, not autotuned: the partial sums, and so the bits of the
+    result, depend on the tile, and an autotuner may pick another one next run."""
+    return (16, 64) if interpret else (16, 256)
 
 
-def _active_configs() -> list[triton.Config]:
-    if INTERPRET:
+_THETA_BLOCK_C, _THETA_BLOCK_P = _theta_tiles()
+
+
+def _active_configs(interpret: bool = INTERPRET) -> list[triton.Config]:
+    if interpret:
         return [triton.Config({"BLOCK_C": 16, "BLOCK_P": 64})]
     tiles = [(1, 1024), (4, 256), (32, 32), (64, 16)]
     return [triton.Config({"BLOCK_C": c, "BLOCK_P": p}, num_warps=4) for c, p in tiles]

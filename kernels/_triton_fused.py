@@ -32,15 +32,24 @@ from ._triton_shift import (
 )
 from .reference import ShiftGroup, out_hw
 
-# Fixed dW tiles (not autotuned): the split of the pixel reduction into
-# partials decides the bits of dW, so it must not change between runs.
-_DW_BLOCK_O, _DW_BLOCK_K, _DW_BLOCK_M = (32, 32, 32) if INTERPRET else (64, 64, 64)
-_DX_BLOCK_K = 16 if INTERPRET else 32  # fixed: the K-tile table is built for it
+
+def _dw_tiles(interpret: bool = INTERPRET) -> tuple[int, int, int]:
+    """Fixed dW tiles (not autotuned): the split of the pixel reduction into
+    partials decides the bits of dW, so it must not change between runs."""
+    return (32, 32, 32) if interpret else (64, 64, 64)
+
+
+def _dx_block_k(interpret: bool = INTERPRET) -> int:
+    return 16 if interpret else 32
+
+
+_DW_BLOCK_O, _DW_BLOCK_K, _DW_BLOCK_M = _dw_tiles()
+_DX_BLOCK_K = _dx_block_k()  # fixed: the K-tile table is built for it
 _DW_TARGET_PROGRAMS = 512  # enough programs to fill a GPU; a constant, so dW's bits do not depend on it
 
 
-def _gemm_configs() -> list[triton.Config]:
-    if INTERPRET:
+def _gemm_configs(interpret: bool = INTERPRET) -> list[triton.Config]:
+    if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16})]
     shapes = [(128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 64, 32, 4, 4),
               (128, 32, 32, 4, 4), (64, 128, 64, 4, 3), (256, 64, 32, 8, 3)]
@@ -48,8 +57,8 @@ def _gemm_configs() -> list[triton.Config]:
             for m, n, k, w, s in shapes]
 
 
-def _dx_configs() -> list[triton.Config]:
-    if INTERPRET:
+def _dx_configs(interpret: bool = INTERPRET) -> list[triton.Config]:
+    if interpret:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_O": 16})]
     shapes = [(64, 32, 4, 3), (128, 32, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (256, 32, 8, 3)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_O": o}, num_warps=w, num_stages=s)
@@ -199,11 +208,11 @@ def _shift_conv1x1_dx_kernel(
 # ----------------------------------------------------------------------------
 
 
-def _dot_meta(dtype: torch.dtype) -> dict:
+def _dot_meta(dtype: torch.dtype, interpret: bool = INTERPRET) -> dict:
     """tl.dot settings: tf32 for fp32 when torch allows it for convolutions (its default)."""
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not INTERPRET
+    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpret
     return {"DOT_PRECISION": "tf32" if tf32 else "ieee",
-            "UPCAST": INTERPRET and dtype == torch.bfloat16}
+            "UPCAST": interpret and dtype == torch.bfloat16}
 
 
 def _check(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride: int, weight: torch.Tensor) -> None:

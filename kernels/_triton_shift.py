@@ -84,9 +84,9 @@ def plan_offsets(plan: tuple[ShiftGroup, ...], device: torch.device, sign: int =
     return table.to(device)
 
 
-def _shift_configs() -> list[triton.Config]:
+def _shift_configs(interpret: bool = INTERPRET) -> list[triton.Config]:
     """Tiles `(BLOCK_C, BLOCK_P)`: narrow-and-long suits NCHW, wide suits channels-last."""
-    if INTERPRET:  # one config: the interpreter runs each program in numpy, so fewer is faster
+    if interpret:  # one config: the interpreter runs each program in numpy, so fewer is faster
         return [triton.Config({"BLOCK_C": 16, "BLOCK_P": 64})]
     tiles = [(1, 1024), (2, 512), (4, 256), (32, 32), (64, 16), (128, 8)]
     return [triton.Config({"BLOCK_C": c, "BLOCK_P": p}, num_warps=4) for c, p in tiles]

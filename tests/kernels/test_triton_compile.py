@@ -1,0 +1,150 @@
+"""Every Triton kernel compiles for sm_80 and sm_90 with every GPU config and dtype, on a CPU.
+
+The other kernel tests run under the interpreter with one small tile per
+kernel, which the GPU compiler never sees. Here `triton.compile` builds the
+real thing for targets that are not present (see `kernels/_triton_compile.py`),
+in a subprocess: this session has TRITON_INTERPRET=1 set, and the kernel
+modules read it when they are imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+from shiftnas.kernels import _triton_active, _triton_fused, _triton_shift  # noqa: E402
+from shiftnas.kernels import _triton_compile as aot  # noqa: E402
+
+KERNEL_MODULES = (_triton_shift, _triton_active, _triton_fused)
+SPECS = aot.kernel_specs()
+
+
+def _gpu_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return {**env, **extra}
+
+
+# Compiled up to LLVM IR, in 2 processes. Measured on this project's 2-core
+# machine (shared with other jobs, triton 3.9, 222 jobs): to cubin 356-458 s
+# wall with 2 workers (~300-390 s CPU); the stages, serially, of 497 s: ttir 18,
+# ttgir 64, llir 142, ptx 48, cubin (ptxas) 224. Up to llir: 96 s wall with 2
+# workers, 150 s CPU (142-223 s wall while other jobs kept both cores busy;
+# the whole suite then took 8.6 min). That stage still meets every error of the Triton front end (shapes,
+# dtypes, tl.dot sizes), of layouts and pipelining, and of lowering to the
+# target, and it gives the shared memory per block; it skips LLVM's PTX
+# emission and ptxas, whose report (registers, spills) `benchmarks/triton_compile.py`
+# prints. One test, not one per kernel: under pytest-xdist each worker that
+# ran a test of a shared fixture would compile everything again.
+STAGE = "llir"
+
+
+def test_every_kernel_compiles_for_every_config_dtype_and_target(tmp_path):
+    out = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "shiftnas.kernels._triton_compile", "--stage", STAGE, "--workers", "2",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, env=_gpu_env(), capture_output=True, text=True, timeout=900)
+    assert out.exists(), f"the compile run stopped (exit {proc.returncode}):\n{proc.stderr[-6000:]}"
+    results = [aot.Result.from_dict(r) for r in json.loads(out.read_text())["results"]]
+    # The subprocess enumerates on its own, without the interpreter: the same
+    # set here proves it compiled the GPU config lists, not the interpreter's tile.
+    assert sorted(str(r.job) for r in results) == sorted(str(job) for job in aot.jobs())
+    assert {r.job.kernel for r in results} == {s.name for s in SPECS}
+    bad = aot.failures(results)
+    assert not bad, f"{len(bad)} of {len(results)} fail:\n\n" + "\n\n".join(bad)
+
+
+def test_every_launched_kernel_is_compiled():
+    """A kernel added to a module and launched by a host function must be added to `kernel_specs`."""
+    listed = {id(s.kernel) for s in SPECS}
+    launched = []
+    for module in KERNEL_MODULES:
+        for name in re.findall(r"\b(\w+)\[grid\]\(", Path(module.__file__).read_text()):
+            launched.append(name)
+            assert id(getattr(module, name)) in listed, (
+                f"{module.__name__}.{name} is launched but not compiled ahead of time: "
+                f"add it to `kernel_specs` in kernels/_triton_compile.py.")
+    assert len(launched) == 7, launched  # shift, active fwd/dx/dtheta, fused fwd/dx/dW
+
+
+def test_gpu_configs_are_not_the_interpreter_tile():
+    for spec in SPECS:
+        configs = spec.configs()
+        assert configs, spec.name
+        if hasattr(spec.kernel, "configs"):  # autotuned: the lists differ only in the interpreter
+            assert len(configs) > 1, spec.name
+    assert _triton_active._theta_tiles(interpret=False) != _triton_active._theta_tiles(interpret=True)
+
+
+def _tiny_kernel_source() -> str:
+    return textwrap.dedent('''
+        import triton
+        import triton.language as tl
+
+
+        @triton.jit
+        def _square_kernel(a_ptr, n, BLOCK: tl.constexpr):
+            r = tl.arange(0, BLOCK)
+            a = tl.load(a_ptr + r[:, None] * BLOCK + r[None, :], mask=r[:, None] < n)
+            tl.store(a_ptr + r[:, None] * BLOCK + r[None, :], tl.dot(a, a), mask=r[:, None] < n)
+    ''')
+
+
+def test_a_config_that_does_not_compile_is_reported(tmp_path):
+    """tl.dot needs K >= 16 (8 for tf32): the BLOCK=4 config must be reported, the BLOCK=16 one must not."""
+    (tmp_path / "tiny_square.py").write_text(_tiny_kernel_source())
+    script = textwrap.dedent('''
+        import json
+        import triton
+        from shiftnas.kernels import _triton_compile as aot
+        from tiny_square import _square_kernel
+
+        spec = aot.KernelSpec("tiny_square", _square_kernel,
+                              lambda: [triton.Config({"BLOCK": 16}), triton.Config({"BLOCK": 4})])
+        results = [aot.compile_spec(spec, job, stage="ttir")
+                   for job in aot.jobs(targets=[90], specs=[spec])]
+        print(json.dumps({"compiled": [str(r.job) for r in results if r.error is None],
+                          "failures": aot.failures(results)}))
+    ''')
+    proc = subprocess.run([sys.executable, "-c", script], env=_gpu_env(PYTHONPATH=str(tmp_path)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["compiled"] == [f"tiny_square [BLOCK=16 w4 s3] {d} sm_90" for d in ("fp32", "fp16", "bf16")]
+    assert len(out["failures"]) == 3
+    for dtype, msg in zip(("fp32", "fp16", "bf16"), out["failures"]):
+        assert msg.startswith(f"tiny_square [BLOCK=4 w4 s3] {dtype} sm_90 does not compile:"), msg
+        assert "Input shapes should have M >= 1, N >= 1 and K >= " in msg, msg
+
+
+def test_shared_memory_over_the_limit_is_reported():
+    job = aot.Job("shift_conv1x1_fwd", 0, "BLOCK_M=256", "fp16", 80)
+    fits = aot.Result(job, None, 1.0, "cubin", shared=aot.SHARED_LIMIT[80])
+    over = aot.Result(job, None, 1.0, "cubin", shared=aot.SHARED_LIMIT[80] + 1)
+    assert aot.failures([fits]) == []
+    assert aot.failures([over]) == [f"{job} needs {aot.SHARED_LIMIT[80] + 1} bytes of shared memory, "
+                                    f"over the {aot.SHARED_LIMIT[80]} a block may use on sm_80."]
+
+
+def test_signature_is_read_off_the_kernel():
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    def kernel(x_ptr, off_ptr, n, stride, BLOCK: tl.constexpr):
+        pass
+
+    fn = JITFunction(kernel)
+    sig = aot.signature(fn, "bf16", {"off_ptr": "i32"}, {"BLOCK": 16})
+    assert sig == {"x_ptr": "*bf16", "off_ptr": "*i32", "n": "i32", "stride": "i32", "BLOCK": "constexpr"}
+    with pytest.raises(ValueError, match=r"no value for the constexpr parameters \['BLOCK'\]"):
+        aot.signature(fn, "bf16", {}, {})
+    with pytest.raises(ValueError, match=r"no pointer parameter \['offsets_ptr'\]"):
+        aot.signature(fn, "bf16", {"offsets_ptr": "i32"}, {"BLOCK": 16})
