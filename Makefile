@@ -6,7 +6,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,onnx,plotly,dashboard
+EXTRAS ?= dev,onnx,plotly,dashboard,postgres
 
 .PHONY: quickstart test lint bench clean data
 
@@ -20,7 +20,7 @@ quickstart: $(VENV)/.installed
 	$(VENV)/bin/shiftnas search examples/quickstart.yaml
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

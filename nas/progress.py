@@ -14,7 +14,7 @@ from typing import TextIO
 import numpy as np
 
 from shiftnas.metrics import METRICS, Objective, fmt_duration
-from shiftnas.results.pareto import hypervolume, nondominated_ranks, reference_point
+from shiftnas.results.pareto import hypervolume, nondominated_mask, reference_point
 
 from .budget import Budget
 from .store import SearchStore, TrialRecord, candidates
@@ -28,7 +28,7 @@ def front_summary(trials: list[TrialRecord],
     if not pts:
         return 0, None
     p = np.asarray(pts, dtype=float)
-    front = p[nondominated_ranks(p) == 0]
+    front = p[nondominated_mask(p)]
     hv = hypervolume(front, reference_point(p)) if p.shape[1] in (2, 3) else None
     return len(front), hv
 

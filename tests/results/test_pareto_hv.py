@@ -12,6 +12,7 @@ from shiftnas.nas.store import open_run
 from shiftnas.results.pareto import (
     hypervolume,
     hypervolume_history,
+    nondominated_mask,
     nondominated_ranks,
     pareto_front,
     reference_point,
@@ -54,12 +55,15 @@ def test_ranks_match_brute_force_with_ties(k, seed):
     p = rng.integers(0, 5, size=(40, k)).astype(float)  # few values: many ties and duplicates
     p[5] = p[6]
     assert np.array_equal(nondominated_ranks(p), _brute_ranks(p))
+    assert np.array_equal(nondominated_mask(p), _brute_ranks(p) == 0)
 
 
 def test_identical_points_are_both_nondominated():
     p = np.array([[1.0, 2.0], [1.0, 2.0], [2.0, 3.0], [0.5, 5.0]])
     assert nondominated_ranks(p).tolist() == [0, 0, 1, 0]
+    assert nondominated_mask(p).tolist() == [True, True, False, True]
     assert nondominated_ranks(np.zeros((0, 2))).tolist() == []
+    assert nondominated_mask(np.zeros((0, 2))).tolist() == []
 
 
 @pytest.mark.parametrize("k", [2, 3])
