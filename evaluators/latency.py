@@ -56,7 +56,8 @@ class LatencyCfg:
         check(is_int(self.batch_size) and self.batch_size >= 1, "batch_size",
               "must be one integer >= 1 (a search measures one batch size; time others with "
               "`shiftnas evaluate --latency --latency-batch N`)", self.batch_size)
-        check(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}", self.dtype)
+        check(isinstance(self.dtype, str) and self.dtype in DTYPES, "dtype",
+              f"must be one of {list(DTYPES)}", self.dtype)
         check(self.channels_last in ("auto", "on", "off"), "channels_last",
                "must be one of ['auto', 'on', 'off']", self.channels_last)
         check(is_int(self.warmup) and self.warmup >= 0, "warmup", "must be an integer >= 0",

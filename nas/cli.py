@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,15 +188,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"shiftnas {args.command}: error: {where}{exc.strerror or exc}.", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (handled the same way)
-        term = type(exc).__name__ == "Terminated"
-        print(f"shiftnas {args.command}: interrupted{' (SIGTERM)' if term else ''}; finished "
-              f"results are kept, and rerunning the same command resumes.", file=sys.stderr)
-        return 143 if term else 130
+        return _interrupted(args.command, type(exc).__name__ == "Terminated")
     except Exception as exc:
+        from shiftnas.nas.optuna_driver import STOP_SIGNALS
+
+        if STOP_SIGNALS:  # an interrupt that surfaced as another error on its way out
+            return _interrupted(args.command, STOP_SIGNALS[0] == signal.SIGTERM)
         if (why := storage_full(exc)) is not None:  # SQLite's "database or disk is full"
             print(f"shiftnas {args.command}: error: {why}", file=sys.stderr)
             return 2
         raise
+
+
+def _interrupted(command: str, term: bool) -> int:
+    print(f"shiftnas {command}: interrupted{' (SIGTERM)' if term else ''}; finished results are "
+          f"kept, and rerunning the same command resumes.", file=sys.stderr)
+    return 143 if term else 130
 
 
 def storage_full(exc: BaseException) -> str | None:

@@ -179,9 +179,10 @@ def finish(budget: Budget, url: str, artifacts: str) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .optuna_driver import on_sigterm
+    from .optuna_driver import on_sigint, on_sigterm
 
-    signal.signal(signal.SIGTERM, on_sigterm)  # like Ctrl-C: finish the record, then stop
+    signal.signal(signal.SIGTERM, on_sigterm)  # like Ctrl-C: the running trial is failed, resumable
+    signal.signal(signal.SIGINT, on_sigint)
     budget = load_budget(args.budget, trials=args.trials, workers=args.workers)
     run_search(budget, resume=args.resume)
     return 0

@@ -66,8 +66,20 @@ class Launch:
     seed_session: str = field(default_factory=new_session_id)
 
 
-def on_sigterm(_signum, _frame) -> None:
+# The stop signals this process received. Signal handling is process-wide by nature: once
+# Ctrl-C or SIGTERM has arrived, whatever exception unwinds the stack (a KeyboardInterrupt
+# that landed inside Optuna's own bookkeeping can surface as another error) is the stop.
+STOP_SIGNALS: list[int] = []
+
+
+def on_sigterm(signum, _frame) -> None:
+    STOP_SIGNALS.append(signum)
     raise Terminated()
+
+
+def on_sigint(signum, frame) -> None:
+    STOP_SIGNALS.append(signum)
+    signal.default_int_handler(signum, frame)
 
 
 def failure_streak(store: SearchStore, n: int) -> str | None:
@@ -145,10 +157,12 @@ def run_worker(launch: Launch, worker: int = 0, *, data: DataBundle | None = Non
 
 
 def _follow_parent() -> None:
-    """Die with the parent: SIGTERM on its death (Linux), SIGTERM handled like Ctrl-C."""
+    """Die with the parent: SIGTERM on its death (Linux) or when it is stopped, handled like
+    Ctrl-C. Ctrl-C itself goes to the parent alone, which then stops the workers."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker_entry(launch: Launch, worker: int, parent: int) -> None:
@@ -158,8 +172,10 @@ def _worker_entry(launch: Launch, worker: int, parent: int) -> None:
     torch.set_num_threads(launch.budget.threads)
     try:
         why = run_worker(launch, worker, quiet=True)
-    except KeyboardInterrupt:
-        return  # the parent says "interrupted"; a child adds no traceback
+    except BaseException:
+        if STOP_SIGNALS:
+            sys.exit(143)  # the parent says "interrupted"; a worker adds no traceback
+        raise
     except ShiftNASError as exc:
         print(f"shiftnas search (worker {worker}): error: {exc}", file=sys.stderr)
         sys.exit(2)

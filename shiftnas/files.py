@@ -61,7 +61,7 @@ def no_space(path: str | Path, exc: OSError, needed: int | None = None) -> Stora
 
 
 def is_no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:

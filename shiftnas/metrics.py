@@ -79,7 +79,7 @@ def fmt_duration(s: float | None) -> str:
 
 def metric(name: str, where: str = "metric") -> Metric:
     """The table row of `name`; an unknown name is a `ConfigError` listing the known ones."""
-    if name not in METRICS:
+    if not isinstance(name, str) or name not in METRICS:
         raise ConfigError(f"{where}: unknown metric {name!r}; metrics are {list(METRICS)}.")
     return METRICS[name]
 
