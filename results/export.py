@@ -198,11 +198,14 @@ def export_onnx(model: torch.nn.Module, path: str | Path, in_chans: int, input_s
                 "for the dynamo exporter)")
         raise ConfigError(f"ONNX export to {path} with the {exporter} exporter failed: "
                           f"{type(exc).__name__}: {exc}{hint}") from exc
-    sidecar = path.with_name(path.name + ".data")
-    if sidecar.exists():  # an exporter that wrote the weights beside the graph: take them in
-        import onnx
+    import onnx
 
-        onnx.save_model(onnx.load(str(path)), str(path), save_as_external_data=False)
+    from shiftnas.evaluators.onnx_passes import merge_slices
+
+    sidecar = path.with_name(path.name + ".data")
+    # One Slice per channel group instead of one per axis; the weights inside the file.
+    onnx.save_model(merge_slices(onnx.load(str(path))), str(path), save_as_external_data=False)
+    if sidecar.exists():
         sidecar.unlink()
     return path
 

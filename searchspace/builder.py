@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, NamedTuple
 
+from shiftnas.kernels import portable as portable_ops
 from shiftnas.kernels import spatial
 
 from .blocks import BLOCKS, ShiftNet, Stem
@@ -43,12 +44,14 @@ def block_args(b: BlockCfg, c_in: int, c_out: int) -> dict[str, Any]:
     return args
 
 
-def build_model(net: NetCfg, *, fuse: bool = True) -> ShiftNet:
+def build_model(net: NetCfg, *, fuse: bool = True, portable: bool = False) -> ShiftNet:
     """Validate `net` against the spec and build it (the genome is kept as `model.cfg`).
 
     With `fuse`, every fixed shift that feeds a 1x1 convolution runs with it as
     one op (`kernels.ShiftConv1x1`: the fused kernel where a backend has one,
-    the two plain ops elsewhere); parameters and state dict are the same either way.
+    the two plain ops elsewhere). `portable` builds the shifts of
+    `kernels.portable` instead (what `shiftnas export` writes, and what exports
+    to ONNX). Parameters and state dict are the same in every case.
     """
     net = validate(net)
     stages, c_in = [], net.stem_width
@@ -57,11 +60,12 @@ def build_model(net: NetCfg, *, fuse: bool = True) -> ShiftNet:
         for b in st.blocks:
             args = block_args(b, c_in, st.width)
             if "op" in args:
-                args["op"] = spatial(args["op"].kind, **args["op"].options)
+                make = portable_ops.spatial if portable else spatial
+                args["op"] = make(args["op"].kind, **args["op"].options)
             blocks.append(BLOCKS[b.family](**args))
             c_in = st.width
         stages.append(blocks)
     model = ShiftNet(Stem(net.in_chans, net.stem_width, net.stem), stages, c_in, net.classes,
                      net.preact_head)
     model.cfg = net
-    return fuse_shift_conv(model) if fuse else model
+    return fuse_shift_conv(model) if fuse and not portable else model

@@ -171,3 +171,54 @@ def test_cuda_latency(backend):
     r = measure_latency(net, LatencyCfg(backend=backend, dtype="float16", warmup=5, repeats=20),
                         "cuda")
     assert r.median_ms > 0 and r.device_name == torch.cuda.get_device_name()
+
+
+def test_onnxruntime_times_the_same_network(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from shiftnas.evaluators.latency import _prepare, onnxruntime_session
+
+    net = decode_net(NETS[1])  # active and sparse shifts, an avgpool stride
+    torch.manual_seed(0)
+    model = build_model(net)
+    _randomise_bn(model)
+    cfg = LatencyCfg(backend="onnxruntime", **FAST, lock=None)
+    prepared, _ = _prepare(model, cfg, torch.device("cpu"))
+    x = torch.randn(2, 3, 16, 16)
+    session = onnxruntime_session(prepared, x, threads=1)
+    (out,) = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        ref = model.eval()(x)
+    torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-4, atol=1e-4)
+    r = measure_latency(net, cfg)
+    assert r.median_ms > 0 and r.backend == "onnxruntime"
+    with pytest.raises(ConfigError, match="dtype: must be float32 with backend onnxruntime"):
+        cfg_from_dict(LatencyCfg, {"backend": "onnxruntime", "dtype": "float16"}, "latency")
+    with pytest.raises(ConfigError, match="channels_last: cannot be 'on'"):
+        cfg_from_dict(LatencyCfg, {"backend": "onnxruntime", "channels_last": "on"}, "latency")
+
+
+def test_an_8c_shift_exports_to_one_pad_nine_slices_and_a_concat():
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from shiftnas.evaluators.latency import onnxruntime_session
+    from shiftnas.kernels import portable
+
+    x = torch.randn(1, 27, 7, 7)
+    session = onnxruntime_session(portable.Shift(27, "8c"), x, threads=1)
+    (out,) = session.run(None, {"input": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), portable.Shift(27, "8c")(x))
+    import io
+
+    from shiftnas.evaluators.onnx_passes import merge_slices
+
+    buf = io.BytesIO()
+    torch.onnx.export(portable.Shift(27, "8c"), (x,), buf, dynamo=False, opset_version=17,
+                      do_constant_folding=True)
+    graph = onnx.load_from_string(buf.getvalue()).graph
+    pads = {n.output[0] for n in graph.node if n.op_type == "Pad"}
+    data_ops = [n.op_type for n in graph.node if n.op_type in ("Pad", "Slice", "Concat")]
+    assert data_ops.count("Slice") == 28  # the exporter: one per axis (+1 building pad widths)
+    merged = merge_slices(onnx.load_from_string(buf.getvalue())).graph
+    on_data = [n.op_type for n in merged.node if n.op_type == "Slice" and n.input[0] in pads]
+    assert len(on_data) == 9  # one Slice per channel group, each over channels, rows, columns
+    assert [n.op_type for n in merged.node if n.op_type in ("Pad", "Concat")].count("Pad") == 1
