@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shiftnas.config import int_arg
 from shiftnas.errors import ConfigError, ShiftNASError, StorageError
+from shiftnas.results.commands import add_run_source
 
 from .budget import RESUMABLE, Budget, load_budget
 from .rundir import RunDir
@@ -216,16 +217,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_table(front))
     return 0
-
-
-def add_run_source(p: argparse.ArgumentParser, metavar: str = "RUN_DIR",
-                   what: str = "a run directory (out_dir/name)") -> None:
-    """RUN_DIR, or --storage URL --study NAME (a search on another machine's storage)."""
-    p.add_argument("run_dir", metavar=metavar, nargs="?",
-                   help=f"{what}; or give --storage and --study")
-    p.add_argument("--storage", help="the search's storage URL (instead of a run directory)")
-    p.add_argument("--study", help="the study name (the budget's `name`)")
-    p.add_argument("--artifacts", help="the search's artifact store (default: the run directory's)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from shiftnas.config import int_arg
 from shiftnas.errors import ConfigError
-from shiftnas.nas.commands import add_run_source
 from shiftnas.nas.store import POINTER, make_storage, mask, open_run
 from shiftnas.searchspace import load_arch
 
@@ -22,6 +21,16 @@ from .pareto import pareto_front, select_trial
 from .report import format_table, front_json, write_report
 
 __all__ = ["register"]
+
+
+def add_run_source(p: argparse.ArgumentParser, metavar: str = "RUN_DIR",
+                   what: str = "a run directory (out_dir/name)") -> None:
+    """RUN_DIR, or --storage URL --study NAME (a search on another machine's storage)."""
+    p.add_argument("run_dir", metavar=metavar, nargs="?",
+                   help=f"{what}; or give --storage and --study")
+    p.add_argument("--storage", help="the search's storage URL (instead of a run directory)")
+    p.add_argument("--study", help="the study name (the budget's `name`)")
+    p.add_argument("--artifacts", help="the search's artifact store (default: the run directory's)")
 
 
 def _open(args: argparse.Namespace):
