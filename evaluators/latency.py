@@ -1,4 +1,4 @@
-"""Measured latency: BN folded, inference mode, median and IQR of many timed runs.
+"""Measured latency: BN folded, inference mode, median, IQR and minimum of many timed runs.
 
 `measure_latency(net, cfg, device)` times one forward pass of the network
 (eval mode, BatchNorm folded into the convolution before it, `torch.inference_mode`)
@@ -7,7 +7,10 @@ count on the CPU; optionally through `torch.compile`, a CUDA graph, or ONNX
 Runtime (the network exported with the portable shift ops, as a deployment
 would run it; `onnxruntime_session`). Results
 are cached in a JSON file keyed by archid, device, dtype, batch size, torch
-version and backend. A measurement holds its device exclusively
+version and backend. A trial's latency is the runs' median, or their minimum
+(`statistic: min`): on a shared machine other tenants only ever add time, so
+the fastest of many runs spread over `min_time_s` is what repeats best
+(benchmarks/RESULTS.md). A measurement holds its device exclusively
 (`evaluators.device.DeviceLock`): no other measurement and no training of a
 parallel trial runs on it meanwhile.
 """
@@ -38,6 +41,7 @@ from .device import DeviceLock
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BACKENDS = ("eager", "compile", "cudagraph", "onnxruntime")
 MODES = ("measured", "predicted")
+STATISTICS = ("median", "min")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,10 @@ class LatencyCfg:
     dtype: str = "float32"  # float32 | float16 | bfloat16 (the CPU default stays float32)
     channels_last: str = "auto"  # NHWC input and weights: auto (= on for CUDA) | on | off
     warmup: int = 10  # untimed runs first (allocator, cuDNN autotuning, caches)
-    repeats: int = 50  # timed runs; the result is their median and quartiles
+    repeats: int = 50  # timed runs at least; the result is their median, quartiles and minimum
+    min_time_s: float = 0.0  # ... and timed runs for this many seconds at least
+    statistic: str = "median"  # a trial's latency: median of the runs | min (robust to a
+    # shared machine's interference, which only ever adds time: benchmarks/RESULTS.md)
     threads: int = 1  # CPU only: torch threads while timing (restored afterwards)
     backend: str = "eager"  # eager | compile (torch.compile) | cudagraph (CUDA) | onnxruntime
     fold_bn: bool = True  # fold BatchNorm into the preceding convolution
@@ -72,6 +79,11 @@ class LatencyCfg:
                "must be an integer >= 3 (quartiles need a few runs)", self.repeats)
         check(is_int(self.threads) and self.threads >= 1, "threads", "must be an integer >= 1",
                self.threads)
+        check(isinstance(self.min_time_s, (int, float)) and not isinstance(self.min_time_s, bool)
+              and 0 <= self.min_time_s <= 60, "min_time_s",
+              "must be a number of seconds from 0 to 60", self.min_time_s)
+        check(self.statistic in STATISTICS, "statistic", f"must be one of {list(STATISTICS)}",
+              self.statistic)
         check(self.backend in BACKENDS, "backend", f"must be one of {list(BACKENDS)}",
                self.backend)
         check(isinstance(self.fold_bn, bool), "fold_bn", "must be true or false", self.fold_bn)
@@ -107,9 +119,18 @@ class LatencyResult:
     torch_version: str
     backend: str
     cached: bool = False  # True when read from the cache instead of measured now
+    min_ms: float | None = None  # the fastest run (None: a cache entry written before it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def value(self, statistic: str = "median") -> float:
+        """The latency `statistic` (`LatencyCfg.statistic`) names: `median_ms` or `min_ms`."""
+        if statistic == "min":
+            if self.min_ms is None:
+                raise ValueError("this latency result has no min_ms")
+            return self.min_ms
+        return self.median_ms
 
 
 # ----------------------------------------------------------------------------
@@ -200,7 +221,8 @@ def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
 
 
 def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[float]:
-    """Milliseconds of `cfg.repeats` forward passes of `model` on `x`, after the warm-up.
+    """Milliseconds of each forward pass of `model` on `x` after the warm-up: `cfg.repeats`
+    of them, more while `cfg.min_time_s` has not passed.
 
     The module is used as given (callers fold BN and move it first).
     """
@@ -212,7 +234,8 @@ def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[floa
         for _ in range(cfg.warmup):
             session.run(None, feed)
         times = []
-        for _ in range(cfg.repeats):
+        until = time.perf_counter() + cfg.min_time_s
+        while len(times) < cfg.repeats or time.perf_counter() < until:
             t0 = time.perf_counter()
             session.run(None, feed)
             times.append((time.perf_counter() - t0) * 1e3)
@@ -244,18 +267,20 @@ def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[floa
                 run(x)
             for _ in range(cfg.warmup):
                 step()
-        if cuda:
-            torch.cuda.synchronize(device)
-            starts = [torch.cuda.Event(enable_timing=True) for _ in range(cfg.repeats)]
-            ends = [torch.cuda.Event(enable_timing=True) for _ in range(cfg.repeats)]
-            for a, b in zip(starts, ends):
-                a.record()
-                step()
-                b.record()
-            torch.cuda.synchronize(device)
-            times = [a.elapsed_time(b) for a, b in zip(starts, ends)]
+        until = time.perf_counter() + cfg.min_time_s
+        if cuda:  # rounds of `repeats` event pairs, read back after each round
+            while not times or time.perf_counter() < until:
+                torch.cuda.synchronize(device)
+                starts = [torch.cuda.Event(enable_timing=True) for _ in range(cfg.repeats)]
+                ends = [torch.cuda.Event(enable_timing=True) for _ in range(cfg.repeats)]
+                for a, b in zip(starts, ends):
+                    a.record()
+                    step()
+                    b.record()
+                torch.cuda.synchronize(device)
+                times += [a.elapsed_time(b) for a, b in zip(starts, ends)]
         else:
-            for _ in range(cfg.repeats):
+            while len(times) < cfg.repeats or time.perf_counter() < until:
                 t0 = time.perf_counter()
                 step()
                 times.append((time.perf_counter() - t0) * 1e3)
@@ -297,7 +322,7 @@ def _time_prepared(m: nn.Module, x: torch.Tensor, cfg: LatencyCfg, dev_name: str
     return LatencyResult(
         median_ms=statistics.median(times), p25_ms=p25, p75_ms=p75, iqr_ms=p75 - p25,
         runs=len(times), batch_size=batch, dtype=cfg.dtype, device_name=dev_name,
-        torch_version=torch.__version__, backend=cfg.backend,
+        torch_version=torch.__version__, backend=cfg.backend, min_ms=times[0],
     )
 
 
@@ -379,7 +404,7 @@ def measure_latency(net: NetCfg | nn.Module, cfg: LatencyCfg | None = None,
     key = _key(f"net:{genome.archid}:{tuple(input_shape)}" if genome else "", dev_name, cfg,
                batch, _channels_last(cfg, device))
     hit = cache.get(key)
-    if hit is not None:
+    if hit is not None and (cfg.statistic != "min" or hit.get("min_ms") is not None):
         return LatencyResult(**{**hit, "cached": True})
     res = _measure(model, tuple(input_shape), cfg, device, batch, dev_name)
     cache.put(key, res.to_dict())

@@ -62,6 +62,12 @@ __all__ = ["PartTimes", "LatencyPredictor", "FEATURES", "features", "BlockLatenc
            "relative_errors", "predictor_settings"]
 
 
+def _stat(hit: Mapping[str, Any] | None, statistic: str) -> float | None:
+    """The `statistic` of a cached latency result (None: no entry, or one without it)."""
+    v = None if hit is None else hit.get("min_ms" if statistic == "min" else "median_ms")
+    return None if v is None else float(v)
+
+
 def stem_out(net: NetCfg) -> int:
     """Resolution after the stem."""
     size = net.input_size
@@ -161,7 +167,7 @@ class PartTimes:
         if self._lookup(key) is None:
             res = _time_prepared(_PlusOne(), _input((1, 1, 1), self.cfg, self.device, 1, False),
                                  self._timing, self.dev_name)
-            self._mem[key] = res.median_ms
+            self._mem[key] = res.value(self.cfg.statistic)
             self._store.put(key, res.to_dict())
         return self._mem[key]
 
@@ -179,10 +185,10 @@ class PartTimes:
 
     def _lookup(self, key: str) -> float | None:
         if key not in self._mem:
-            hit = self._store.get(key)
+            hit = _stat(self._store.get(key), self.cfg.statistic)
             if hit is None:
                 return None
-            self._mem[key] = float(hit["median_ms"])
+            self._mem[key] = hit
         return self._mem[key]
 
     def _time(self, net: NetCfg, keys: list[str], which: set[int]) -> None:
@@ -194,7 +200,7 @@ class PartTimes:
             if i in which:
                 res = _time_prepared(piece, x, self._timing, self.dev_name)
                 self.measured += 1
-                self._mem[keys[i]] = res.median_ms
+                self._mem[keys[i]] = res.value(self.cfg.statistic)
                 self._store.put(keys[i], res.to_dict())
             if i < len(keys) - 1:
                 with torch.inference_mode():
@@ -239,6 +245,7 @@ def predictor_settings(cfg: LatencyCfg, device: str | torch.device) -> dict[str,
     return {"device": device_name(device, cfg.threads), "backend": cfg.backend,
             "dtype": cfg.dtype, "batch_size": cfg.batch_size, "threads": cfg.threads,
             "fold_bn": cfg.fold_bn, "channels_last": _channels_last(cfg, device),
+            "statistic": cfg.statistic,
             "torch": torch.__version__}
 
 
@@ -364,7 +371,8 @@ class NetworkPredictor:
                   prior_weight: float | None = None) -> LatencyPredictor:
         """Fit on `nets` and their whole-network latencies (measured now when not given)."""
         if measured is None:
-            measured = [measure_latency(n, self.cfg, self.parts.device).median_ms for n in nets]
+            measured = [measure_latency(n, self.cfg, self.parts.device).value(self.cfg.statistic)
+                        for n in nets]
         self.model = LatencyPredictor.fit([self.features(n) for n in nets], measured, self.names,
                                           self.settings, prior_weight)
         return self.model
@@ -457,7 +465,7 @@ class BlockLatencyTable:
         if full in self._mem:
             return self._mem[full]
         hit = self._store.get(full)
-        if hit is None:
+        if _stat(hit, self.cfg.statistic) is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 part = self._build(net, index)
@@ -465,7 +473,7 @@ class BlockLatencyTable:
             self.measured += 1
             hit = res.to_dict()
             self._store.put(full, hit)
-        self._mem[full] = float(hit["median_ms"])
+        self._mem[full] = _stat(hit, self.cfg.statistic)
         return self._mem[full]
 
     def _sum(self, net: NetCfg) -> float:
@@ -478,7 +486,7 @@ class BlockLatencyTable:
     def _measured(self, nets: Sequence[NetCfg], measured: Sequence[float] | None) -> list[float]:
         if measured is not None:
             return list(measured)
-        return [measure_latency(n, self.cfg, self.device).median_ms for n in nets]
+        return [measure_latency(n, self.cfg, self.device).value(self.cfg.statistic) for n in nets]
 
     def calibrate(self, nets: Sequence[NetCfg], measured: Sequence[float] | None = None) -> float:
         """Fit `scale` as the median ratio of measured to summed latency over `nets`; return it."""

@@ -104,7 +104,7 @@ class TrialLatency:
 
     def _measure(self, net: NetCfg) -> dict[str, float]:
         lat = measure_latency(net, self.cfg, self.device)
-        return {"latency_ms": lat.median_ms, "latency_iqr_ms": lat.iqr_ms}
+        return {"latency_ms": lat.value(self.cfg.statistic), "latency_iqr_ms": lat.iqr_ms}
 
 
 def check_front(store: SearchStore, front: Iterable[TrialRecord], cfg: LatencyCfg, device: str,
@@ -117,12 +117,13 @@ def check_front(store: SearchStore, front: Iterable[TrialRecord], cfg: LatencyCf
         if t.latency_source != "predicted" or t.number in done or not t.arch:
             continue
         lat = measure_latency(decode_net(t.arch), cfg, device)
+        measured = lat.value(cfg.statistic)
         store.set_latency_check(t.number, {
-            "measured_ms": lat.median_ms, "iqr_ms": lat.iqr_ms,
+            "measured_ms": measured, "iqr_ms": lat.iqr_ms,
             "predicted_ms": t.metric("latency_ms"), "device": lat.device_name,
             "time": now_iso()})
         n += 1
         if log:
             log(f"trial {t.number}: predicted latency {t.metric('latency_ms'):.4g} ms, measured "
-                f"{lat.median_ms:.4g} ms")
+                f"{measured:.4g} ms")
     return n

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -89,6 +91,46 @@ def test_measure_latency_statistics_and_cache(tmp_path):
     assert measure_latency(build_model(net), cfg).cached
 
 
+class _MostlySlow(nn.Module):
+    """Sleeps 3 ms on three calls of every four: the fastest run and the median are far apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls % 4:
+            time.sleep(0.003)
+        return x
+
+
+def test_min_statistic_is_the_fastest_run_and_min_time_adds_runs():
+    cfg = LatencyCfg(warmup=0, repeats=8, fold_bn=False, lock=None, statistic="min")
+    r = measure_latency(_MostlySlow(), cfg, input_shape=(1, 2, 2))
+    assert r.runs == 8  # no min_time_s: exactly the repeats
+    # 2 of 8 runs do nothing, 6 sleep 3 ms: the minimum is a no-op, the median a sleep.
+    assert r.min_ms < 1.0 <= 3.0 <= r.median_ms
+    assert r.value("min") == r.min_ms and r.value("median") == r.median_ms
+    longer = measure_latency(_MostlySlow(), replace(cfg, min_time_s=0.1), input_shape=(1, 2, 2))
+    assert longer.runs > 8  # 8 runs take ~20 ms; runs go on until 0.1 s have passed
+
+
+def test_min_statistic_remeasures_cache_entries_without_a_minimum(tmp_path):
+    net = create_preset("shiftresnet20_e1", input_size=8)
+    cache = tmp_path / "lat.json"
+    first = measure_latency(net, LatencyCfg(**FAST, cache=str(cache)))
+    stored = json.loads(cache.read_text())
+    for v in stored.values():  # as written before results had a minimum
+        del v["min_ms"]
+    cache.write_text(json.dumps(stored))
+    assert measure_latency(net, LatencyCfg(**FAST, cache=str(cache))).cached  # median: a hit
+    cfg = LatencyCfg(**FAST, cache=str(cache), statistic="min")
+    again = measure_latency(net, cfg)
+    assert not again.cached and again.min_ms <= again.median_ms
+    assert measure_latency(net, cfg).cached and first.min_ms is not None
+
+
 def test_module_without_genome_needs_a_shape():
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     with pytest.raises(ConfigError, match="input_shape"):
@@ -159,6 +201,11 @@ def test_latencycfg_from_dict_strict():
     # A list would be accepted and then only its first size measured: one size per search.
     with pytest.raises(ConfigError, match=r"latency\.batch_size: must be one integer >= 1"):
         cfg_from_dict(LatencyCfg, {"batch_size": [1, 8]}, "latency")
+    with pytest.raises(ConfigError, match=r"latency\.statistic: must be one of \['median', "
+                                          r"'min'\], got 'mean'"):
+        cfg_from_dict(LatencyCfg, {"statistic": "mean"}, "latency")
+    with pytest.raises(ConfigError, match=r"latency\.min_time_s: must be a number of seconds"):
+        cfg_from_dict(LatencyCfg, {"min_time_s": -1}, "latency")
     with pytest.raises(ConfigError, match="cudagraph"):
         measure_latency(create_preset("resnet20", input_size=8), LatencyCfg(backend="cudagraph",
                                                                             **FAST))

@@ -120,6 +120,11 @@ def test_part_times_are_cached_and_shared(tmp_path):
     # Another backend or batch size is another part.
     assert PartTimes(LatencyCfg(**FAST, batch_size=2), path=path).key("x", (1, 8, 8)) != \
         times.key("x", (1, 8, 8))
+    # The same entries give the fastest runs under `statistic: min`, without timing again.
+    fastest = PartTimes(LatencyCfg(**FAST, statistic="min"), path=path)
+    tmin = fastest.times(A)
+    assert fastest.measured == 0 and all(0 < a <= b for a, b in zip(tmin, ta))
+    assert tmin == [stored[k]["min_ms"] for k in (times.key(*ks) for ks in part_keys(A))]
 
 
 def test_features_of_a_network():
