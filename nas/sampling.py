@@ -32,6 +32,24 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, number]).generate_state(1)[0])
 
 
+def claim(study: Study, trial: FrozenTrial) -> None:
+    """Mark `trial` as this process's the moment it exists (the objective claims it again).
+
+    A kill between a trial's creation and the objective's first line left an
+    unclaimed RUNNING trial, which `SearchStore.live_running` must count alive
+    for a minute, so a resume in that minute stopped one trial short of the budget.
+    """
+    study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+
+
+class _ClaimingQMCSampler(optuna.samplers.QMCSampler):
+    """Optuna's QMC sampler, claiming each trial as it starts (see `claim`)."""
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        claim(study, trial)
+        super().before_trial(study, trial)
+
+
 class TrialSeededSampler(BaseSampler):
     """Delegates every trial to `factory(seed)` with a seed of its own (see the module docstring)."""
 
@@ -58,11 +76,7 @@ class TrialSeededSampler(BaseSampler):
         return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        # Claim the trial the moment it exists (the objective claims it again): a kill
-        # between its creation and the objective's first line left an unclaimed RUNNING
-        # trial, which `SearchStore.live_running` must count alive for a minute, so a
-        # resume in that minute stopped one trial short of the budget.
-        study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
+        claim(study, trial)
         self._for(trial).before_trial(study, trial)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
@@ -99,5 +113,5 @@ def make_sampler(budget: Budget) -> BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
 
     if name == "qmc":  # a low-discrepancy sequence: its index comes from the study, not a seed
-        return optuna.samplers.QMCSampler(seed=budget.seed, scramble=True)
+        return _ClaimingQMCSampler(seed=budget.seed, scramble=True)
     return TrialSeededSampler(factory, budget.seed)

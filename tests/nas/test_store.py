@@ -7,6 +7,7 @@ import pytest
 from optuna.trial import TrialState
 
 from shiftnas.errors import ConfigError
+from shiftnas.nas.budget import SAMPLERS, budget_from_dict
 from shiftnas.nas.sampling import trial_seed
 from shiftnas.nas.store import (
     RUNG,
@@ -58,15 +59,17 @@ def test_elapsed_time_is_the_union_of_launches(tmp_path):
     assert store.elapsed_s() == pytest.approx(25.0)  # [0, 20] and [30, 35]
 
 
-def test_a_trial_is_claimed_by_its_process_the_moment_it_exists():
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_trial_is_claimed_by_its_process_the_moment_it_exists(sampler, tmp_path):
     """A kill right after `ask` leaves a trial that `recover` can fail (not one alive for a minute)."""
     import os
     import socket
 
-    from shiftnas.nas.sampling import TrialSeededSampler
+    from shiftnas.nas.sampling import make_sampler
+    from tests.nas.test_search import budget_dict
 
-    study = optuna.create_study(sampler=TrialSeededSampler(
-        lambda seed: optuna.samplers.RandomSampler(seed=seed), 0))
+    budget = budget_from_dict(budget_dict(tmp_path, sampler=sampler))
+    study = optuna.create_study(sampler=make_sampler(budget), directions=["maximize", "minimize"])
     trial = study.ask()  # the objective has not run: nothing else has touched the trial
     assert study.trials[trial.number].user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
 
