@@ -90,8 +90,8 @@ class Budget:
                                          Objective("params", "minimize"))
     constraints: tuple[Constraint, ...] = ()  # hard limits, checked before any training
     engine: str = "optuna"  # optuna | ray
-    sampler: str = "nsga2"  # nsga2 | nsga3 | tpe | random | qmc | gp
-    population_size: int = 10  # NSGA-II/III generation size
+    sampler: str = "tpe"  # tpe | nsga2 | nsga3 | random | qmc | gp (tpe: benchmarks/RESULTS.md)
+    population_size: int = 10  # NSGA-II/III generation size; start-up (random) trials of tpe / gp
     trials: int | None = 30  # trial budget (finished trials of the whole run)
     time_budget: float | None = None  # wall-clock budget in seconds ("90s", "10m", "2h" accepted)
     train: TrainCfg = field(default_factory=TrainCfg)  # proxy training (evaluators.training)

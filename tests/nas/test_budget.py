@@ -22,7 +22,7 @@ def test_examples_parse_and_defaults_are_filled():
         assert b.to_dict()["name"] == b.name
         assert budget_from_dict(b.to_dict()) == b  # the "as used" form reads back the same
     b = budget_from_dict(GOOD)
-    assert b.engine == "optuna" and b.sampler == "nsga2" and b.train.epochs >= 1
+    assert b.engine == "optuna" and b.sampler == "tpe" and b.train.epochs >= 1
     assert [o.direction for o in b.objectives] == ["maximize", "minimize"]
 
 
