@@ -22,8 +22,9 @@ predictor and calibration size: Spearman rho, mean |relative error|, the share
 within 10%; and the same scores for one more measurement of each network
 (`remeasured`), which is how far the truth itself repeats. `--statistic min
 --min-time 1` scores the parts and networks by their fastest run over at
-least a second (the measurement that repeats best on a shared machine). Rows go to `results/latency-predictor-<cpu|gpu model>.csv`, the
-scatter plot to `latency-predictor-<...>-<space>-<backend>.png`.
+least a second (the measurement that repeats best on a shared machine). Rows
+go to `results/latency-predictor-<cpu|gpu model>.csv`, the scatter plot to
+`latency-predictor-<...>-<space>-<backend>[-<statistic>-<min time>].png`.
 
     python -m benchmarks.latency --predictor --backend onnxruntime   # quickstart_shift, 1x16x16
     python -m benchmarks.latency --predictor --backend eager
