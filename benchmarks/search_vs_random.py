@@ -125,7 +125,7 @@ def curves(rows: list[dict], key: str, grid: np.ndarray) -> dict[str, np.ndarray
     out: dict[str, list[np.ndarray]] = {}
     for (variant, seed) in sorted({(r["variant"], r["seed"]) for r in rows}):
         rs = sorted((r for r in rows if r["variant"] == variant and r["seed"] == seed),
-                    key=lambda r: r["trials"])
+                    key=lambda r: int(r["trials"]))
         xs = np.array([float(r[key]) for r in rs])
         ys = np.maximum.accumulate(np.array([float(r["hypervolume"]) for r in rs]))
         out.setdefault(variant, []).append(_step(xs, ys, grid))
