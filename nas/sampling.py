@@ -12,6 +12,7 @@ parents, TPE's history), so a fresh instance per trial loses nothing.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -97,7 +98,7 @@ def make_sampler(budget: Budget) -> BaseSampler:
     cons = violations if budget.constraints and not NATIVE_CONSTRAINTS else None
     name, pop = budget.sampler, budget.population_size
 
-    def factory(seed: int) -> BaseSampler:
+    def build(seed: int) -> BaseSampler:
         if name == "nsga2":
             return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed,
                                                  constraints_func=cons)
@@ -111,6 +112,13 @@ def make_sampler(budget: Budget) -> BaseSampler:
             return optuna.samplers.GPSampler(seed=seed, constraints_func=cons,
                                              n_startup_trials=pop)
         return optuna.samplers.RandomSampler(seed=seed)
+
+    def factory(seed: int) -> BaseSampler:
+        # Arguments Optuna marks experimental (TPE's `group`) warn on each construction,
+        # which is every trial here; the budget chose them once.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return build(seed)
 
     if name == "qmc":  # a low-discrepancy sequence: its index comes from the study, not a seed
         return _ClaimingQMCSampler(seed=budget.seed, scramble=True)
