@@ -243,8 +243,9 @@ def predictor_mode(args: argparse.Namespace) -> None:
     slug = "cpu" if device.type == "cpu" else device_slug(device)
     args.out.mkdir(parents=True, exist_ok=True)
     write_rows(args.out / f"latency-predictor-{slug}.csv", rows)
-    png = args.out / f"latency-predictor-{slug}-{args.space}-{kernel.split(':', 1)[1].replace(':', '-')}.png"
-    _scatter(png, truth, preds, f"{tag}, {kernel.split(':', 1)[1]}, {dev}")
+    how = kernel.removeprefix("latency_predictor:")  # backend[:statistic:min time]
+    png = args.out / f"latency-predictor-{slug}-{args.space}-{how.replace(':', '-')}.png"
+    _scatter(png, truth, preds, f"{tag}, {how}, {dev}")
     lines.append(f"rows: {args.out / f'latency-predictor-{slug}.csv'}; plot: {png}; "
                  f"{time.perf_counter() - t_start:.0f} s")
     print("\n".join(lines))

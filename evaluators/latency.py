@@ -23,7 +23,7 @@ import json
 import platform
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from .device import DeviceLock
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BACKENDS = ("eager", "compile", "cudagraph", "onnxruntime")
 MODES = ("measured", "predicted")
-STATISTICS = ("median", "min")
+STATISTICS = {"median": "median_ms", "min": "min_ms"}  # latency.statistic -> result field
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,17 @@ class LatencyResult:
 
     def value(self, statistic: str = "median") -> float:
         """The latency `statistic` (`LatencyCfg.statistic`) names: `median_ms` or `min_ms`."""
-        if statistic == "min":
-            if self.min_ms is None:
-                raise ValueError("this latency result has no min_ms")
-            return self.min_ms
-        return self.median_ms
+        v = getattr(self, STATISTICS[statistic])
+        if v is None:
+            raise ValueError(f"this latency result has no {STATISTICS[statistic]}")
+        return v
+
+
+def stat_ms(entry: Mapping[str, Any] | None, statistic: str) -> float | None:
+    """The `statistic` of a latency result's dict form (None: no entry, or one written
+    before results kept that statistic)."""
+    v = None if entry is None else entry.get(STATISTICS[statistic])
+    return None if v is None else float(v)
 
 
 # ----------------------------------------------------------------------------
@@ -404,7 +410,7 @@ def measure_latency(net: NetCfg | nn.Module, cfg: LatencyCfg | None = None,
     key = _key(f"net:{genome.archid}:{tuple(input_shape)}" if genome else "", dev_name, cfg,
                batch, _channels_last(cfg, device))
     hit = cache.get(key)
-    if hit is not None and (cfg.statistic != "min" or hit.get("min_ms") is not None):
+    if stat_ms(hit, cfg.statistic) is not None:
         return LatencyResult(**{**hit, "cached": True})
     res = _measure(model, tuple(input_shape), cfg, device, batch, dev_name)
     cache.put(key, res.to_dict())

@@ -56,16 +56,11 @@ from .latency import (
     _time_prepared,
     device_name,
     measure_latency,
+    stat_ms,
 )
 
 __all__ = ["PartTimes", "LatencyPredictor", "FEATURES", "features", "BlockLatencyTable",
            "relative_errors", "predictor_settings"]
-
-
-def _stat(hit: Mapping[str, Any] | None, statistic: str) -> float | None:
-    """The `statistic` of a cached latency result (None: no entry, or one without it)."""
-    v = None if hit is None else hit.get("min_ms" if statistic == "min" else "median_ms")
-    return None if v is None else float(v)
 
 
 def stem_out(net: NetCfg) -> int:
@@ -185,7 +180,7 @@ class PartTimes:
 
     def _lookup(self, key: str) -> float | None:
         if key not in self._mem:
-            hit = _stat(self._store.get(key), self.cfg.statistic)
+            hit = stat_ms(self._store.get(key), self.cfg.statistic)
             if hit is None:
                 return None
             self._mem[key] = hit
@@ -465,7 +460,7 @@ class BlockLatencyTable:
         if full in self._mem:
             return self._mem[full]
         hit = self._store.get(full)
-        if _stat(hit, self.cfg.statistic) is None:
+        if stat_ms(hit, self.cfg.statistic) is None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 part = self._build(net, index)
@@ -473,7 +468,7 @@ class BlockLatencyTable:
             self.measured += 1
             hit = res.to_dict()
             self._store.put(full, hit)
-        self._mem[full] = _stat(hit, self.cfg.statistic)
+        self._mem[full] = stat_ms(hit, self.cfg.statistic)
         return self._mem[full]
 
     def _sum(self, net: NetCfg) -> float:
