@@ -165,17 +165,18 @@ def config_label(cfg: triton.Config) -> str:
 def dot_variants(dtype: torch.dtype) -> list[dict]:
     """The `_dot_meta` the host passes for `dtype` on a GPU, with TF32 allowed (torch's default) and not."""
     from ._triton_fused import _dot_meta
+    from .precision import conv_fp32_precision, set_conv_fp32_precision
 
-    old = torch.backends.cudnn.allow_tf32
+    old = conv_fp32_precision()
     metas: list[dict] = []
     try:
-        for allow in (True, False):
-            torch.backends.cudnn.allow_tf32 = allow
+        for precision in ("tf32", "ieee"):
+            set_conv_fp32_precision(precision)
             meta = _dot_meta(dtype, interpret=False)
             if meta not in metas:
                 metas.append(meta)
     finally:
-        torch.backends.cudnn.allow_tf32 = old
+        set_conv_fp32_precision(old)
     return metas
 
 

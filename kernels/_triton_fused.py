@@ -30,6 +30,7 @@ from ._triton_shift import (
     is_channels_last,
     plan_offsets,
 )
+from .precision import autocast_conv_args, conv_fp32_precision
 from .reference import ShiftGroup, out_hw
 
 
@@ -209,8 +210,8 @@ def _shift_conv1x1_dx_kernel(
 
 
 def _dot_meta(dtype: torch.dtype, interpret: bool = INTERPRET) -> dict:
-    """tl.dot settings: tf32 for fp32 when torch allows it for convolutions (its default)."""
-    tf32 = dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpret
+    """tl.dot settings: for fp32, TF32 exactly when torch's convolutions use it (`precision`)."""
+    tf32 = dtype == torch.float32 and not interpret and conv_fp32_precision() == "tf32"
     return {"DOT_PRECISION": "tf32" if tf32 else "ieee",
             "UPCAST": interpret and dtype == torch.bfloat16}
 
@@ -329,5 +330,9 @@ class _ShiftConv1x1Fn(torch.autograd.Function):
 
 def shift_conv1x1(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride: int,
                   weight: torch.Tensor) -> torch.Tensor:
-    """Differentiable fused shift + 1x1 convolution (Triton backend)."""
+    """Differentiable fused shift + 1x1 convolution (Triton backend).
+
+    Under autocast, `x` and `weight` are cast like a convolution's (`kernels.precision`).
+    """
+    x, weight = autocast_conv_args(x, weight)
     return _ShiftConv1x1Fn.apply(x, plan, stride, weight)

@@ -28,9 +28,13 @@ KERNEL_MODULES = (_triton_shift, _triton_active, _triton_fused)
 SPECS = aot.kernel_specs()
 
 
-def _gpu_env(**extra: str) -> dict[str, str]:
+def _gpu_env(*, pythonpath: str | None = None) -> dict[str, str]:
+    """This environment without the interpreter; `pythonpath` goes first on the import path
+    (ahead of, not instead of, whatever makes `shiftnas` importable here)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    return {**env, **extra}
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    return env
 
 
 # Compiled up to LLVM IR, in 2 processes. Measured on this project's 2-core
@@ -114,7 +118,7 @@ def test_a_config_that_does_not_compile_is_reported(tmp_path):
         print(json.dumps({"compiled": [str(r.job) for r in results if r.error is None],
                           "failures": aot.failures(results)}))
     ''')
-    proc = subprocess.run([sys.executable, "-c", script], env=_gpu_env(PYTHONPATH=str(tmp_path)),
+    proc = subprocess.run([sys.executable, "-c", script], env=_gpu_env(pythonpath=str(tmp_path)),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])

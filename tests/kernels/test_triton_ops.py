@@ -19,6 +19,10 @@ if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
 
 from shiftnas.kernels import _triton_shift, dispatch, triton_ops  # noqa: E402
 from shiftnas.kernels import reference as ref  # noqa: E402
+from shiftnas.kernels.precision import (  # noqa: E402
+    conv_fp32_precision,
+    set_conv_fp32_precision,
+)
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -35,12 +39,50 @@ def _poison_outputs(monkeypatch):
 
 
 @pytest.fixture
-def no_tf32():
-    """fp32 GEMMs exact on both sides (the reference conv and tl.dot) on a GPU."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+def fp32_precision(request):
+    """Set the one switch for fp32 GEMMs (`kernels.precision`), "ieee" unless parametrised."""
+    old = conv_fp32_precision()
+    set_conv_fp32_precision(getattr(request, "param", "ieee"))
+    yield conv_fp32_precision()
+    set_conv_fp32_precision(old)
+
+
+def gemm_tolerance(dtype: torch.dtype, precision: str) -> tuple[float, float]:
+    """`(a, b)` such that `|got - exact| <= a * sum_k |A_k B_k| + b * |exact|` per GEMM output.
+
+    `a` covers what the products and the fp32 accumulation round: TF32 keeps 10
+    mantissa bits of each fp32 input (a product is off by up to 2^-10); exact inputs
+    leave the accumulation, with slack for its order (2^-16 ~ sqrt(K) * 2^-24 at
+    K ~ 10^4 pixels in dW). `b` is the rounding of the result to the output dtype.
+    """
+    accumulate = 2.0 ** -16
+    if dtype == torch.float32:
+        return (2.0 ** -9 if precision == "tf32" else accumulate), 2.0 ** -22
+    return accumulate, {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}[dtype]
+
+
+def assert_gemm_close(got: torch.Tensor, exact: torch.Tensor, bound: torch.Tensor,
+                      dtype: torch.dtype, precision: str, name: str) -> None:
+    """`got` against a float64 `exact` within `gemm_tolerance`, `bound` = the sums of |products|."""
+    a, b = gemm_tolerance(dtype, precision)
+    err = (got.detach().double().cpu() - exact).abs()
+    bad = ~(err <= a * bound + b * exact.abs())  # NaN counts as bad
+    if bad.any():
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise AssertionError(
+            f"{name} ({dtype}, {precision}): {int(bad.sum())}/{bad.numel()} elements beyond "
+            f"the bound; first at {first}: got {got.flatten()[bad.flatten().nonzero()[0]].item()!r}, "
+            f"exact {exact[first].item()!r}, allowed {(a * bound + b * exact.abs())[first].item():.3g}")
+
+
+def fused_exact(x: torch.Tensor, w: torch.Tensor, plan, stride: int, g_dtype: torch.dtype):
+    """The fused op's y, dx, dw in float64, and the same on |x|, |w|, |g| (their error bounds)."""
+    exact = run(lambda a, b: ref.shift_conv1x1(a, plan, stride, b),
+                x.detach().cpu().double(), w.detach().cpu().double(), g_dtype=g_dtype)
+    bound = run(lambda a, b: ref.shift_conv1x1(a, plan, stride, b),
+                x.detach().cpu().double().abs(), w.detach().cpu().double().abs(),
+                g_dtype=g_dtype, g_abs=True)
+    return [exact[0], *exact[1]], [bound[0], *bound[1]]
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
@@ -63,22 +105,19 @@ def make_x(c: int, dtype=torch.float32, channels_last: bool = False, n: int = 2,
     return x.to(memory_format=torch.channels_last) if channels_last else x
 
 
-def run(fn, *inputs, g_dtype: torch.dtype | None = None):
+def run(fn, *inputs, g_dtype: torch.dtype | None = None, g_abs: bool = False):
     """`fn(*inputs)` and the gradients of every input for one fixed random output gradient.
 
     `g_dtype` rounds that gradient first, so an fp32 reference sees the same
-    values as a low-precision kernel.
+    values as a low-precision kernel; `g_abs` takes its absolute values.
     """
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
     y = fn(*leaves)
     g = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
     g = g.to(g_dtype or y.dtype).to(device=y.device, dtype=y.dtype)
+    g = g.abs() if g_abs else g
     y.backward(g)
     return y, [t.grad for t in leaves]
-
-
-def fp32(*tensors):
-    return [t.float() for t in tensors]
 
 
 # ----------------------------------------------------------------------------
@@ -186,17 +225,16 @@ def test_dtheta_is_deterministic(op):
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("nbhd,dilation", [("4c", 1), ("8c", 1), ("8c", 2), ("5x5", 1)])
-def test_shift_conv1x1_matches_reference(nbhd, dilation, stride, channels_last, no_tf32):
+def test_shift_conv1x1_matches_reference(nbhd, dilation, stride, channels_last, fp32_precision):
     torch.manual_seed(4)
     c_in = CHANNELS[nbhd] + 10  # K spans more than one tile, groups straddle tiles
     plan = ref.shift_plan(c_in, nbhd, dilation)
     x = make_x(c_in, channels_last=channels_last)
     w = torch.randn(19, c_in, 1, 1, device=DEVICE) / c_in**0.5
     y, (dx, dw) = run(lambda a, b: triton_ops.shift_conv1x1(a, plan, stride, b), x, w)
-    y_ref, (dx_ref, dw_ref) = run(lambda a, b: ref.shift_conv1x1(a, plan, stride, b), x, w)
-    assert_close(y, y_ref, name="y")
-    assert_close(dx, dx_ref, name="dx")
-    assert_close(dw, dw_ref, name="dw")
+    exact, bound = fused_exact(x, w, plan, stride, torch.float32)
+    for name, got, e, b in zip(("y", "dx", "dw"), (y, dx, dw), exact, bound):
+        assert_gemm_close(got, e, b, torch.float32, fp32_precision, name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -205,11 +243,36 @@ def test_shift_conv1x1_low_precision(dtype):
     plan = ref.shift_plan(20, "8c")
     x, w = make_x(20, dtype), (torch.randn(19, 20, 1, 1, device=DEVICE) / 20**0.5).to(dtype)
     y, (dx, dw) = run(lambda a, b: triton_ops.shift_conv1x1(a, plan, 2, b), x, w)
-    y_ref, (dx_ref, dw_ref) = run(lambda a, b: ref.shift_conv1x1(a, plan, 2, b), *fp32(x, w),
-                                  g_dtype=dtype)
-    assert_close(y, y_ref, dtype, name="y")
-    assert_close(dx, dx_ref, dtype, name="dx")
-    assert_close(dw, dw_ref, dtype, name="dw")
+    exact, bound = fused_exact(x, w, plan, 2, dtype)
+    for name, got, e, b in zip(("y", "dx", "dw"), (y, dx, dw), exact, bound):
+        assert_gemm_close(got, e, b, dtype, "ieee", name)
+
+
+def test_fp32_gemms_follow_torchs_convolution_precision_switch():
+    """One switch, torch's own: TF32 exactly where cuDNN convolutions would use it."""
+    from shiftnas.kernels._triton_fused import _dot_meta
+
+    cudnn = torch.backends.cudnn
+    levels = [lvl for lvl in (getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None), cudnn)
+              if lvl is not None and hasattr(lvl, "fp32_precision")]
+    saved = [lvl.fp32_precision for lvl in levels] if levels else cudnn.allow_tf32
+    try:
+        for precision in ("tf32", "ieee"):
+            set_conv_fp32_precision(precision)
+            assert conv_fp32_precision() == precision
+            assert _dot_meta(torch.float32, interpret=False)["DOT_PRECISION"] == precision
+            assert _dot_meta(torch.bfloat16, interpret=False)["DOT_PRECISION"] == "ieee"
+        for allow, precision in ((True, "tf32"), (False, "ieee")):  # the legacy API too
+            cudnn.allow_tf32 = allow
+            assert conv_fp32_precision() == precision
+        with pytest.raises(ValueError, match="'tf32' or 'ieee'"):
+            set_conv_fp32_precision("highest")
+    finally:
+        if levels:
+            for lvl, value in zip(levels, saved):
+                lvl.fp32_precision = value
+        else:
+            cudnn.allow_tf32 = saved
 
 
 def test_shift_conv1x1_dweight_is_deterministic():
@@ -271,9 +334,11 @@ def test_supports_cpu_only_under_interpreter(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype,fp32_precision", [(torch.float32, "ieee"), (torch.float32, "tf32"),
+                                                  (torch.float16, "ieee"), (torch.bfloat16, "ieee")],
+                         ids=["fp32", "fp32-tf32", "fp16", "bf16"], indirect=["fp32_precision"])
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
-def test_gpu_realistic_shapes(dtype, channels_last, no_tf32):
+def test_gpu_realistic_shapes(dtype, channels_last, fp32_precision):
     torch.manual_seed(6)
     plan = ref.shift_plan(64, "8c")
     x = make_x(64, dtype, channels_last, n=8, hw=(32, 32))
@@ -290,8 +355,6 @@ def test_gpu_realistic_shapes(dtype, channels_last, no_tf32):
         assert_close(dx, dx_ref, dtype, name="active dx")
         w = (torch.randn(96, 64, 1, 1, device=DEVICE) / 8).to(dtype)
         y, (dx, dw) = run(lambda a, b, s=stride: triton_ops.shift_conv1x1(a, plan, s, b), x, w)
-        y_ref, (dx_ref, dw_ref) = run(lambda a, b, s=stride: ref.shift_conv1x1(a, plan, s, b),
-                                      *fp32(x, w), g_dtype=dtype)
-        assert_close(y, y_ref, dtype, name="fused y")
-        assert_close(dx, dx_ref, dtype, name="fused dx")
-        assert_close(dw, dw_ref, dtype, name="fused dw")
+        exact, bound = fused_exact(x, w, plan, stride, dtype)
+        for name, got, e, b in zip(("fused y", "fused dx", "fused dw"), (y, dx, dw), exact, bound):
+            assert_gemm_close(got, e, b, dtype, fp32_precision, name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,13 +13,13 @@ from shiftnas.errors import ConfigError
 from shiftnas.nas.budget import budget_from_dict, load_budget, parse_duration
 from shiftnas.nas.cli import main
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GOOD = {"name": "t", "objectives": ["accuracy", "params"], "trials": 3}
 
 
 def test_examples_parse_and_defaults_are_filled():
-    for path in ("examples/quickstart.yaml", "examples/budget-reference.yaml",
-                 "examples/cifar10-gpu.yaml"):
-        b = load_budget(path)
+    for name in ("quickstart.yaml", "budget-reference.yaml", "cifar10-gpu.yaml"):
+        b = load_budget(EXAMPLES / name)
         assert b.to_dict()["name"] == b.name
         assert budget_from_dict(b.to_dict()) == b  # the "as used" form reads back the same
     b = budget_from_dict(GOOD)
