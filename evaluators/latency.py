@@ -3,9 +3,12 @@
 `measure_latency(net, cfg, device)` times one forward pass of the network
 (eval mode, BatchNorm folded into the convolution before it, `torch.inference_mode`)
 after a warm-up: CUDA events on a GPU, `time.perf_counter` with a fixed thread
-count on the CPU; optionally through `torch.compile`, a CUDA graph, or ONNX
+count on the CPU; eagerly, through `torch.compile`, a CUDA graph, or ONNX
 Runtime (the network exported with the portable shift ops, as a deployment
-would run it; `onnxruntime_session`). Results
+would run it; `onnxruntime_session`). The default, `auto`, replays a CUDA graph
+on a GPU, where launching a small network's kernels one by one would otherwise
+be what is timed, and runs eagerly on the CPU; a network whose capture fails is
+timed eagerly, and the result's `backend` says which was used. Results
 are cached in a JSON file keyed by archid, device, dtype, batch size, torch
 version and backend. A trial's latency is the runs' median, or their minimum
 (`statistic: min`): on a shared machine other tenants only ever add time, so
@@ -23,8 +26,9 @@ import json
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ from shiftnas.searchspace import NetCfg, build_model, fold_bn
 from .device import DeviceLock
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-BACKENDS = ("eager", "compile", "cudagraph", "onnxruntime")
+BACKENDS = ("auto", "eager", "compile", "cudagraph", "onnxruntime")
 MODES = ("measured", "predicted")
 STATISTICS = {"median": "median_ms", "min": "min_ms"}  # latency.statistic -> result field
 
@@ -57,7 +61,8 @@ class LatencyCfg:
     statistic: str = "median"  # a trial's latency: median of the runs | min (robust to a
     # shared machine's interference, which only ever adds time: benchmarks/RESULTS.md)
     threads: int = 1  # CPU only: torch threads while timing (restored afterwards)
-    backend: str = "eager"  # eager | compile (torch.compile) | cudagraph (CUDA) | onnxruntime
+    backend: str = "auto"  # auto (cudagraph on CUDA, else eager) | eager | compile
+    # (torch.compile) | cudagraph (CUDA; eager where a network cannot be captured) | onnxruntime
     fold_bn: bool = True  # fold BatchNorm into the preceding convolution
     cache: str | None = None  # JSON cache file (None = no cache)
     lock: str | None = "auto"  # lock file: auto (cache_dir()/<device>.lock) | a path | None
@@ -117,7 +122,7 @@ class LatencyResult:
     dtype: str
     device_name: str
     torch_version: str
-    backend: str
+    backend: str  # what ran: eager, compile, cudagraph or onnxruntime (never auto)
     cached: bool = False  # True when read from the cache instead of measured now
     min_ms: float | None = None  # the fastest run (None: a cache entry written before it)
 
@@ -162,6 +167,13 @@ def _percentile(sorted_xs: list[float], q: float) -> float:
     k = (len(sorted_xs) - 1) * q
     lo, hi = int(k), min(int(k) + 1, len(sorted_xs) - 1)
     return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (k - lo)
+
+
+def resolve_backend(cfg: LatencyCfg, device: str | torch.device) -> LatencyCfg:
+    """`cfg` with `backend: auto` made concrete for `device`: cudagraph on CUDA, else eager."""
+    if cfg.backend != "auto":
+        return cfg
+    return replace(cfg, backend="cudagraph" if torch.device(device).type == "cuda" else "eager")
 
 
 def _channels_last(cfg: LatencyCfg, device: torch.device) -> bool:
@@ -226,12 +238,46 @@ def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
     return ort.InferenceSession(graph.SerializeToString(), so, providers=providers)
 
 
+def _capture(model: nn.Module, x: torch.Tensor, warmup: int):
+    """A CUDA graph of `model(x)` (warmed up on a side stream) and its static input, or
+    None with the reason when the network cannot be captured (a host sync, a CPU op)."""
+    device = x.device
+    static_x = x.clone()
+    try:
+        s = torch.cuda.Stream(device)
+        s.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(s):
+            for _ in range(max(3, warmup)):
+                model(static_x)
+        torch.cuda.current_stream(device).wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            model(static_x)
+    except RuntimeError as exc:
+        torch.cuda.synchronize(device)
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return graph, None
+
+
 def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[float]:
     """Milliseconds of each forward pass of `model` on `x` after the warm-up: `cfg.repeats`
     of them, more while `cfg.min_time_s` has not passed.
 
-    The module is used as given (callers fold BN and move it first).
+    The module is used as given (callers fold BN and move it first). With
+    `cudagraph`, a network that cannot be captured is timed eagerly:
+    `timed_backend` says which ran.
     """
+    return _time_module(model, x, cfg)[0]
+
+
+def timed_backend(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> tuple[list[float], str]:
+    """`time_module`'s times and the backend that ran (`cfg.backend`, or eager after a failed
+    CUDA graph capture)."""
+    return _time_module(model, x, cfg)
+
+
+def _time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> tuple[list[float], str]:
+    cfg = resolve_backend(cfg, x.device)
     device = x.device
     cuda = device.type == "cuda"
     if cfg.backend == "onnxruntime":
@@ -245,7 +291,7 @@ def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[floa
             t0 = time.perf_counter()
             session.run(None, feed)
             times.append((time.perf_counter() - t0) * 1e3)
-        return times
+        return times, cfg.backend
     if cfg.backend == "cudagraph" and not cuda:
         raise ConfigError(f"latency.backend: 'cudagraph' needs a CUDA device, got {device}; "
                           f"use eager or compile.")
@@ -253,19 +299,16 @@ def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[floa
     if cfg.backend == "compile":
         run = torch.compile(model)
     times: list[float] = []
+    used = cfg.backend
     with torch.inference_mode():
+        graph = None
         if cfg.backend == "cudagraph":
-            static_x = x.clone()
-            s = torch.cuda.Stream(device)
-            s.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(s):
-                for _ in range(max(3, cfg.warmup)):
-                    model(static_x)
-            torch.cuda.current_stream(device).wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model(static_x)
-
+            graph, why = _capture(model, x, cfg.warmup)
+            if graph is None:
+                warnings.warn(f"latency: this network cannot be captured in a CUDA graph "
+                              f"({why}); timing it eagerly", RuntimeWarning, stacklevel=3)
+                used = "eager"
+        if graph is not None:
             def step() -> None:
                 graph.replay()
         else:
@@ -290,7 +333,7 @@ def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[floa
                 t0 = time.perf_counter()
                 step()
                 times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return times, used
 
 
 @contextlib.contextmanager
@@ -323,12 +366,13 @@ def _time_prepared(m: nn.Module, x: torch.Tensor, cfg: LatencyCfg, dev_name: str
     """Time a module already prepared by `_prepare` on its input `x`, holding the device."""
     device, batch = x.device, x.shape[0]
     with DeviceLock(device, cfg.lock).exclusive(), _cpu_threads(device, cfg.threads):
-        times = sorted(time_module(m, x, cfg))
+        times, used = timed_backend(m, x, cfg)
+        times = sorted(times)
     p25, p75 = _percentile(times, 0.25), _percentile(times, 0.75)
     return LatencyResult(
         median_ms=statistics.median(times), p25_ms=p25, p75_ms=p75, iqr_ms=p75 - p25,
         runs=len(times), batch_size=batch, dtype=cfg.dtype, device_name=dev_name,
-        torch_version=torch.__version__, backend=cfg.backend, min_ms=times[0],
+        torch_version=torch.__version__, backend=used, min_ms=times[0],
     )
 
 
@@ -396,8 +440,8 @@ def measure_latency(net: NetCfg | nn.Module, cfg: LatencyCfg | None = None,
     `(C, H, W)`, and are not cached). A cache hit returns `cached=True`
     without running anything.
     """
-    cfg = cfg or LatencyCfg()
     device = torch.device(device)
+    cfg = resolve_backend(cfg or LatencyCfg(), device)
     model, genome = _as_model(net)
     if input_shape is None:
         if genome is None:

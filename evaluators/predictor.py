@@ -56,6 +56,7 @@ from .latency import (
     _time_prepared,
     device_name,
     measure_latency,
+    resolve_backend,
     stat_ms,
 )
 
@@ -129,7 +130,8 @@ class PartTimes:
 
     def __init__(self, cfg: LatencyCfg | None = None, device: str | torch.device = "cpu",
                  path: str | Path | None = None):
-        self.cfg, self.device = cfg or LatencyCfg(), torch.device(device)
+        self.device = torch.device(device)
+        self.cfg = resolve_backend(cfg or LatencyCfg(), self.device)
         self.dev_name = device_name(self.device, self.cfg.threads)
         self._store = _JsonCache(path)
         self._mem: dict[str, float] = {}
@@ -237,6 +239,7 @@ _DTYPE = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 def predictor_settings(cfg: LatencyCfg, device: str | torch.device) -> dict[str, Any]:
     """Where a predictor's numbers come from (saved with it): it is only meaningful there."""
     device = torch.device(device)
+    cfg = resolve_backend(cfg, device)
     return {"device": device_name(device, cfg.threads), "backend": cfg.backend,
             "dtype": cfg.dtype, "batch_size": cfg.batch_size, "threads": cfg.threads,
             "fold_bn": cfg.fold_bn, "channels_last": _channels_last(cfg, device),
@@ -429,7 +432,8 @@ class BlockLatencyTable:
 
     def __init__(self, cfg: LatencyCfg | None = None, device: str | torch.device = "cpu",
                  path: str | Path | None = None):
-        self.cfg, self.device = cfg or LatencyCfg(), torch.device(device)
+        self.device = torch.device(device)
+        self.cfg = resolve_backend(cfg or LatencyCfg(), self.device)
         self._dev_name = device_name(self.device, self.cfg.threads)
         self._store = _JsonCache(path)
         self._mem: dict[str, float] = {}

@@ -15,6 +15,7 @@ from torch import nn
 from shiftnas.config import cfg_from_dict
 from shiftnas.errors import ConfigError
 from shiftnas.evaluators import LatencyCfg, device_lock, measure_latency
+from shiftnas.evaluators.latency import resolve_backend
 from shiftnas.evaluators.predictor import BlockLatencyTable
 from shiftnas.kernels import ShiftConv1x1
 from shiftnas.searchspace import build_model, create_preset, decode_net, fold_bn
@@ -211,13 +212,40 @@ def test_latencycfg_from_dict_strict():
                                                                             **FAST))
 
 
+def test_auto_backend_is_eager_on_the_cpu_and_the_result_names_what_ran():
+    cfg = LatencyCfg(**FAST, lock=None)
+    assert cfg.backend == "auto"
+    assert resolve_backend(cfg, "cpu").backend == "eager"
+    assert resolve_backend(cfg, "cuda").backend == "cudagraph"
+    assert resolve_backend(LatencyCfg(backend="compile"), "cuda").backend == "compile"
+    r = measure_latency(create_preset("resnet20", input_size=8), cfg)
+    assert r.backend == "eager"
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["eager", "cudagraph"])
-def test_cuda_latency(backend):
+@pytest.mark.parametrize("backend,used", [("eager", "eager"), ("cudagraph", "cudagraph"),
+                                          ("auto", "cudagraph")])
+def test_cuda_latency(backend, used):
     net = create_preset("shiftresnet20_e3")
     r = measure_latency(net, LatencyCfg(backend=backend, dtype="float16", warmup=5, repeats=20),
                         "cuda")
     assert r.median_ms > 0 and r.device_name == torch.cuda.get_device_name()
+    assert r.backend == used
+
+
+class _HostSync(nn.Module):
+    """Reads a value back to the host mid-forward: a CUDA graph cannot capture that."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.abs().max())
+
+
+@pytest.mark.gpu
+def test_a_network_a_cuda_graph_cannot_capture_is_timed_eagerly():
+    cfg = LatencyCfg(backend="auto", warmup=2, repeats=5, lock=None)
+    with pytest.warns(RuntimeWarning, match="cannot be captured in a CUDA graph"):
+        r = measure_latency(_HostSync(), cfg, "cuda", input_shape=(3, 8, 8))
+    assert r.backend == "eager" and r.median_ms > 0
 
 
 def test_onnxruntime_times_the_same_network(tmp_path):
