@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 EXTRAS ?= dev,onnx,plotly,dashboard,postgres
 
-.PHONY: quickstart test lint bench clean data
+.PHONY: quickstart test lint bench clean data gpu-carry gpu-check-dry
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +27,21 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.kernels --quick
+
+# What benchmarks/gpu_check.sh needs on a GPU machine without a network, in the ignored
+# folder wheels/: optuna and its pure-Python needs as CPython 3.12 wheels, and Fashion-MNIST's
+# four files (from `make data`). Carry wheels/ along, then run `bash benchmarks/gpu_check.sh`.
+GPU_WHEELS := optuna alembic sqlalchemy greenlet colorlog mako
+gpu-carry: $(VENV)/.installed data
+	mkdir -p wheels/fashion-mnist
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d wheels $(GPU_WHEELS)
+	cp "$$($(PY) -c 'from shiftnas.evaluators.fetch import locate; print(locate("fashion_mnist")[0])')"/*-ubyte.gz wheels/fashion-mnist/
+	du -sh wheels
+
+gpu-check-dry: $(VENV)/.installed
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --dry-run
 
 # Fashion-MNIST for `data: {name: fashion_mnist}`: installs the Debian package where
 # apt-get exists and we are root; otherwise prints the commands that get it and
