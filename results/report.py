@@ -12,7 +12,7 @@ from typing import Any
 from shiftnas.errors import ConfigError
 from shiftnas.files import atomic_write
 from shiftnas.metrics import METRICS, fmt_duration
-from shiftnas.nas.store import STATES, Run, open_run
+from shiftnas.record import STATES, Run, open_run
 
 from .pareto import Front, pareto_front
 from .plots import plot_choices, plot_hypervolume, plot_pairs, plot_pareto, write_html

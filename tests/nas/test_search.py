@@ -1,7 +1,7 @@
 """The search end to end, with real Optuna storages (SQLite, journal) and a real local Ray.
 
 The storage is the record: every assertion reads trials back through
-`nas.store.open_run`, or straight from the Optuna study.
+`shiftnas.record.open_run`, or straight from the Optuna study.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import pytest
 import yaml
 
 import shiftnas.nas.trial
+import shiftnas.record.store
 from shiftnas.errors import ConfigError, StorageError
 from shiftnas.nas.budget import budget_from_dict
 from shiftnas.nas.cli import main
 from shiftnas.nas.commands import run_search
 from shiftnas.nas.optuna_driver import SearchFailed
 from shiftnas.nas.pruning import rungs, should_continue
-from shiftnas.nas.rundir import RunDir
-from shiftnas.nas.store import open_run
+from shiftnas.record import RunDir, open_run
 
 SPACE = {
     "stem_width": 16,
@@ -355,7 +355,7 @@ def test_an_unclaimed_orphan_trial_does_not_eat_the_budget(tmp_path, monkeypatch
     run_dir = run_search(budget_from_dict(d))
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'study.db'}")
     study.ask()  # RUNNING, no worker: what the kill leaves behind
-    monkeypatch.setattr(shiftnas.nas.store, "UNCLAIMED_S", 0)  # long ago, as far as the run knows
+    monkeypatch.setattr(shiftnas.record.store, "UNCLAIMED_S", 0)  # long ago, as far as the run knows
     assert main(["search", "--trials", "5", str(_write_budget(tmp_path, trials=3,
                                                              objectives=["params", "macs"]))]) == 0
     assert len(finished(run_dir)) == 5
@@ -429,7 +429,7 @@ def test_predicted_latency_with_two_workers_fits_from_the_storage(tmp_path):
 
 def test_calibration_reads_every_measured_network_once():
     from shiftnas.nas.predicted import calibration
-    from shiftnas.nas.store import TrialRecord
+    from shiftnas.record import TrialRecord
 
     f = {"const": 1.0, "parts_ms": 1.0, "parts": 4.0, "mmacs": 1.0, "traffic_mb": 1.0}
     recs = [

@@ -9,14 +9,8 @@ from optuna.trial import TrialState
 from shiftnas.errors import ConfigError
 from shiftnas.nas.budget import SAMPLERS, budget_from_dict
 from shiftnas.nas.sampling import trial_seed
-from shiftnas.nas.store import (
-    RUNG,
-    SearchStore,
-    TrialRecord,
-    absolute_url,
-    check_url,
-    mask,
-)
+from shiftnas.record import SearchStore, TrialRecord, absolute_url, check_url, mask
+from shiftnas.record.schema import RUNG
 from tests.results.fixtures import synthetic_run
 
 
@@ -28,7 +22,7 @@ def test_the_sql_reader_equals_optunas_get_trials(tmp_path):
     store.claim(t)
     t.suggest_categorical("s0.b0.kind", ["fixed", "active", "dwconv3x3"])
     t.suggest_categorical("s0.b0.e", [1, 2, 3])
-    store.record_rung(t._trial_id, 1, 0.25)
+    store.record_rung(t, 1, 0.25)
     store.study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "boom")
     store.study.tell(t, state=TrialState.FAIL)
     store.study.ask()

@@ -7,7 +7,7 @@ import builtins
 import pytest
 from matplotlib import image as mpimg
 
-from shiftnas.nas.store import open_run
+from shiftnas.record import open_run
 from shiftnas.results.pareto import pareto_front
 from shiftnas.results.plots import plot_pareto, write_html
 from shiftnas.results.report import budget_summary, write_report
