@@ -29,7 +29,7 @@ from shiftnas.nas.cli import main
 from shiftnas.nas.commands import run_search
 from shiftnas.nas.optuna_driver import SearchFailed
 from shiftnas.nas.pruning import rungs, should_continue
-from shiftnas.record import RunDir, open_run
+from shiftnas.record import RunDir, SearchStore, open_run
 
 SPACE = {
     "stem_width": 16,
@@ -92,6 +92,20 @@ def test_search_end_to_end_leaves_a_complete_run_dir(tmp_path, capsys):
     (run_dir / "trials.csv").unlink()
     assert main(["report", str(run_dir)]) == 0
     assert len((run_dir / "trials.csv").read_text().splitlines()) == 6
+
+
+def test_a_launch_opens_its_study_once(tmp_path, monkeypatch):
+    """The launch, its engine and the end of the search share one open store."""
+    opened, real = [], SearchStore.open.__func__
+
+    def counting(cls, *a, **k):
+        opened.append(a)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(SearchStore, "open", classmethod(counting))
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=2,
+                                                      objectives=["params", "macs"])))
+    assert len(opened) == 1 and (run_dir / "report.md").is_file()
 
 
 def test_constraints_stop_training_and_reach_the_sampler(tmp_path, monkeypatch):
