@@ -45,7 +45,7 @@ import yaml
 
 from benchmarks._timing import append_csv, revision, utc_now, versions
 from shiftnas.evaluators.latency import device_name
-from shiftnas.nas.store import open_run
+from shiftnas.record import open_run
 from shiftnas.results.pareto import hypervolume, nondominated_mask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,8 +41,7 @@ from shiftnas.evaluators.latency import device_name
 from shiftnas.metrics import Constraint, Objective
 from shiftnas.nas.budget import budget_from_dict
 from shiftnas.nas.commands import run_search
-from shiftnas.nas.rundir import RunDir
-from shiftnas.nas.store import RunMeta, SearchStore
+from shiftnas.record import RunDir, RunMeta, SearchStore, TrialRecord
 from shiftnas.searchspace import load_space, sample_random
 
 FIELDS = ["benchmark", "storage", "metric", "n_trials", "value", "unit", "device", "torch",
@@ -114,10 +113,11 @@ def synthetic(url: str, root: Path, n: int, chunk: int = 500) -> None:
     space = load_space("cifar_shift").for_data(1, 10, 28)
     rng = np.random.default_rng(0)
     objs = (Objective("accuracy", "maximize"), Objective("latency_ms", "minimize"))
+    limit = Constraint.parse("params <= 1000000")
     store = SearchStore.open(url, "big", directions=["maximize", "minimize"],
                              artifacts=str(root / "artifacts"))
-    store.set_meta(RunMeta("big", "optuna", objs, (Constraint.parse("params <= 1000000"),),
-                           settings="synthetic", trials_budget=n, device="cpu"))
+    store.set_meta(RunMeta("big", "optuna", objs, (limit,), settings="synthetic",
+                           trials_budget=n, device="cpu"))
     nets = [sample_random(space, k) for k in range(200)]
     batch = []
     for i in range(n):
@@ -126,13 +126,13 @@ def synthetic(url: str, root: Path, n: int, chunk: int = 500) -> None:
         params = {f"s{s}.b{b}.{f}": "csc" for s in range(3) for b in range(3)
                   for f in ("family", "kind")}
         dist = {k: CategoricalDistribution(["csc", "basic"]) for k in params}
-        batch.append(create_trial(
-            state=TrialState.COMPLETE, values=[acc, lat], params=params, distributions=dist,
-            user_attrs={"state": "complete", "archid": f"{i:012x}", "arch": net.encode(),
-                        "metrics": {"accuracy": acc, "latency_ms": lat, "params": 1e5,
-                                    "macs": 1e7, "traffic_mb": 2.0, "epochs": 5.0},
-                        "feasible": True, "worker": "host:1", "weights": None},
-            system_attrs={"constraints:params <= 1000000": 0.0}))
+        rec = TrialRecord(i, "complete", f"{i:012x}", net.encode(),
+                          {"accuracy": acc, "latency_ms": lat, "params": 1e5, "macs": 1e7,
+                           "traffic_mb": 2.0, "epochs": 5.0}, worker="host:1")
+        batch.append(create_trial(  # the attributes the search's writer stores for this record
+            state=TrialState.COMPLETE, values=rec.values(objs), params=params, distributions=dist,
+            user_attrs=rec.attrs(),
+            system_attrs={f"constraints:{limit}": rec.violations((limit,))[0]}))
         if len(batch) == chunk:
             store.study.add_trials(batch)
             batch = []

@@ -98,7 +98,7 @@ class Budget:
     pruning: PruningCfg = field(default_factory=PruningCfg)
     latency: LatencyCfg = field(default_factory=LatencyCfg)  # latency measurement
     proxies: tuple[str, ...] = ()  # zero-cost proxies to record (those in objectives are added)
-    storage: str | None = None  # Optuna storage URL; None = the run directory's (see storage_url)
+    storage: str | None = None  # Optuna storage URL; None = default_storage (nas/commands.py)
     artifacts: str | None = None  # artifact store: a folder, s3://bucket or gs://bucket; None = run dir
     keep_weights: str = "all"  # proxy-trained weights kept: all complete trials | front | none
     stop_after_failures: int = 5  # stop when this many trials in a row failed (0 = never)
@@ -281,7 +281,7 @@ def _check_budget(b: Budget) -> None:
     _rule(is_int(b.workers) and b.workers >= 1, "workers", "must be an integer >= 1", b.workers)
     _rule(is_int(b.threads) and b.threads >= 1, "threads", "must be an integer >= 1", b.threads)
     if b.storage is not None:
-        from .store import check_url
+        from shiftnas.record import check_url
 
         check_url(b.storage, "storage")  # a ConfigError naming `storage`
     _rule(b.artifacts is None or (isinstance(b.artifacts, str) and b.artifacts != ""),

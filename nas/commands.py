@@ -19,19 +19,22 @@ from pathlib import Path
 from shiftnas.config import int_arg
 from shiftnas.errors import ConfigError, ShiftNASError, StorageError
 from shiftnas.files import atomic_write
-from shiftnas.results.commands import add_run_source
-
-from .budget import RESUMABLE, Budget, load_budget
-from .rundir import RunDir
-from .store import (
+from shiftnas.record import (
+    FINISHED,
+    RunDir,
     RunMeta,
     SearchStore,
     absolute_url,
     mask,
     now_iso,
     open_run,
+    read_run,
     sqlite_path,
 )
+from shiftnas.results.commands import add_run_source
+
+from .budget import RESUMABLE, Budget, load_budget
+from .sampling import make_sampler
 
 
 def default_storage(budget: Budget) -> str:
@@ -61,10 +64,13 @@ def resolve_storage(budget: Budget, view: RunDir) -> tuple[str, str]:
     return url, artifacts
 
 
-def open_search(budget: Budget, url: str, artifacts: str, device: str, view: RunDir) -> bool:
-    """Create, join or refuse the search's study; return True when it existed already."""
+def open_search(budget: Budget, url: str, artifacts: str, device: str,
+                view: RunDir) -> tuple[SearchStore, bool]:
+    """Create, join or refuse the search's study: the launch's store (with the budget's
+    sampler), and whether the study existed already."""
     store = SearchStore.open(url, budget.name, directions=[o.direction for o in budget.objectives],
-                             artifacts=artifacts, where="budget.storage")
+                             sampler=make_sampler(budget), artifacts=artifacts,
+                             where="budget.storage")
     meta = store.meta()
     meaning = budget.meaning()
     if meta is None:
@@ -88,7 +94,7 @@ def open_search(budget: Budget, url: str, artifacts: str, device: str, view: Run
             f"differ between launches of one search. Give the budget another `name` to start a "
             f"new search.")
     lost = sorted(view.recorded_numbers() - {r.number for r in store.records()
-                                             if r.state in ("complete", "pruned", "infeasible")})
+                                             if r.state in FINISHED})
     if lost:
         raise StorageError(
             f"{view.path} recorded {len(lost)} finished trial(s) ({lost[:8]}{'...' if len(lost) > 8 else ''}) "
@@ -99,7 +105,7 @@ def open_search(budget: Budget, url: str, artifacts: str, device: str, view: Run
     store.set_meta(dataclasses.replace(stored, trials_budget=budget.trials,
                                        time_budget_s=budget.time_budget))
     view.write_pointer(url, budget.name, artifacts)
-    return existed
+    return store, existed
 
 
 def run_search(budget: Budget, *, resume: bool = False) -> Path:
@@ -117,20 +123,19 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
     # The data set is read before anything is written: a bad data directory leaves no run behind.
     data = load_data(budget.data, device)
     url, artifacts = resolve_storage(budget, view)
-    existed = open_search(budget, url, artifacts, device, view)
-    store = SearchStore.open(url, budget.name, artifacts=artifacts)
+    store, existed = open_search(budget, url, artifacts, device, view)
     store.retry_failed(view.log)
     _say(budget, store, url, existed, view)
     if budget.engine == "ray":
         from .ray_driver import run_ray
 
-        run_ray(budget, url, artifacts, device, view)
+        run_ray(budget, store, device, view)
     else:
         from .optuna_driver import Launch, run_optuna
 
         run_optuna(Launch(budget, url, budget.name, artifacts, budget.run_dir.resolve(), device),
-                   data)
-    finish(budget, url, artifacts, device)
+                   store, data)
+    finish(budget, store, device)
     return budget.run_dir
 
 
@@ -147,7 +152,7 @@ def _say(budget: Budget, store: SearchStore, url: str, existed: bool, view: RunD
           f"{', '.join(f'{o.direction[:3]} {o.name}' for o in budget.objectives)}", flush=True)
 
 
-def finish(budget: Budget, url: str, artifacts: str, device: str | None = None) -> None:
+def finish(budget: Budget, store: SearchStore, device: str | None = None) -> None:
     """Refresh the view: trials.jsonl/csv, report and plots, the front, the export.
 
     With `latency.mode: predicted` (and the `device` to measure on), the front's
@@ -157,7 +162,7 @@ def finish(budget: Budget, url: str, artifacts: str, device: str | None = None) 
     from shiftnas.results.pareto import pareto_front, select_trial
     from shiftnas.results.report import format_table, write_report
 
-    run = open_run(budget.run_dir, storage=url, study=budget.name, artifacts=artifacts)
+    run = read_run(store, budget.run_dir)
     view = RunDir(budget.run_dir)
     view.write_exports(run.trials)
     if not run.candidates():
@@ -165,12 +170,12 @@ def finish(budget: Budget, url: str, artifacts: str, device: str | None = None) 
               f"{budget.run_dir / 'log.txt'} and `shiftnas status {budget.run_dir}`.")
         return
     front = pareto_front(run)
-    if budget.latency.mode == "predicted" and device is not None and run.store is not None:
+    if budget.latency.mode == "predicted" and device is not None:
         run = _check_latency(budget, run, front.trials, device, view)
         front = pareto_front(run)
-    if budget.keep_weights == "front" and run.store is not None:
+    if budget.keep_weights == "front":
         on_front = {t.number for t in front.trials}
-        gone = run.store.remove_weights(t for t in run.trials if t.number not in on_front)
+        gone = store.remove_weights(t for t in run.trials if t.number not in on_front)
         view.log(f"keep_weights: front: removed the weights of {gone} trial(s) off the front")
     report = write_report(run)
     print("\nPareto front:\n" + format_table(front))
@@ -222,7 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     states: dict[str, int] = {}
     for t in run.trials:
         states[t.state] = states.get(t.state, 0) + 1
-    done = sum(states.get(s, 0) for s in ("complete", "pruned", "infeasible"))
+    done = sum(states.get(s, 0) for s in FINISHED)
     front = pareto_front(run) if run.candidates() else None
     if args.json:
         print(json.dumps({"study": run.study_name, "storage": run.storage, "finished": done,

@@ -1,10 +1,10 @@
 """A trial's latency: measured whole, or with `latency.mode: predicted` from its parts.
 
 Predicted mode: every trial times its parts in context (`evaluators.predictor.PartTimes`,
-cached in a JSON file its workers share) and records the predictor's features in
-its `latency` attribute. While the study holds fewer than `latency.calibrate`
-measured networks, a trial is also measured whole (its `latency_ms` is
-measured); after that, a `LatencyPredictor` is fitted on every measured network
+cached in a JSON file its workers share) and returns the predictor's features, which
+the evaluator stores in its `latency` attribute at once (`SearchStore.set_latency`).
+While the study holds fewer than `latency.calibrate` measured networks, a trial is
+also measured whole (its `latency_ms` is measured); after that, a `LatencyPredictor` is fitted on every measured network
 in the study and predicts `latency_ms`. The predictor is fitted afresh from the
 storage each time, never kept in one process, so workers in other processes or
 on other machines see the same calibration sample (with several workers a few
@@ -24,8 +24,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from shiftnas.evaluators.latency import LatencyCfg, measure_latency
 from shiftnas.evaluators.predictor import (
     FEATURES,
@@ -33,9 +31,8 @@ from shiftnas.evaluators.predictor import (
     PartTimes,
     predictor_settings,
 )
+from shiftnas.record import SearchStore, TrialRecord, now_iso
 from shiftnas.searchspace import NetCfg, decode_net
-
-from .store import SearchStore, TrialRecord, now_iso
 
 PARTS_FILE = "latency-parts.json"  # in the run directory, unless `latency.cache` is set
 PREDICTOR_FILE = "latency-predictor.json"  # the final fit, written when the search ends
@@ -86,21 +83,21 @@ class TrialLatency:
         self.cfg, self.device, self.store = cfg, device, store
         self.parts = PartTimes(cfg, device, parts_path) if cfg.mode == "predicted" else None
 
-    def __call__(self, trial: optuna.Trial, net: NetCfg) -> dict[str, float]:
+    def __call__(self, number: int, net: NetCfg) -> tuple[dict[str, float], dict[str, Any]]:
+        """Trial `number`'s latency metrics, and how they were obtained (its `latency`
+        attribute; empty when measured outside predicted mode)."""
         if self.parts is None:
-            return self._measure(net)
+            return self._measure(net), {}
         feats = self.parts.features(net)
         model = fit(self.store.records(), self.store.latency_checks(),
-                    predictor_settings(self.cfg, self.device), exclude=trial.number,
+                    predictor_settings(self.cfg, self.device), exclude=number,
                     at_least=self.cfg.calibrate)
         if model is None:  # the calibration sample is not complete yet: measure this one
             out = self._measure(net)
-            trial.set_user_attr("latency", {"source": "measured", "features": feats,
-                                            "measured_ms": out["latency_ms"]})
-            return out
-        trial.set_user_attr("latency", {"source": "predicted", "features": feats,
-                                        "fitted_on": model.n, "coef": model.coef})
-        return {"latency_ms": model.predict(feats)}
+            return out, {"source": "measured", "features": feats,
+                         "measured_ms": out["latency_ms"]}
+        return {"latency_ms": model.predict(feats)}, {
+            "source": "predicted", "features": feats, "fitted_on": model.n, "coef": model.coef}
 
     def _measure(self, net: NetCfg) -> dict[str, float]:
         lat = measure_latency(net, self.cfg, self.device)

@@ -14,10 +14,10 @@ from typing import TextIO
 import numpy as np
 
 from shiftnas.metrics import METRICS, Objective, fmt_duration
+from shiftnas.record import FINISHED, SearchStore, TrialRecord, candidates
 from shiftnas.results.pareto import hypervolume, nondominated_mask, reference_point
 
 from .budget import Budget
-from .store import SearchStore, TrialRecord, candidates
 
 
 def front_summary(trials: list[TrialRecord],
@@ -53,7 +53,7 @@ class Progress:
 
     def trial_finished(self, rec: TrialRecord) -> None:
         trials = self.store.records()
-        done = sum(t.state in ("complete", "pruned", "infeasible") for t in trials)
+        done = sum(t.state in FINISHED for t in trials)
         size, hv = front_summary(trials, self.budget.objectives)
         total = self.budget.trials if self.budget.trials is not None else "?"
         shown = "  ".join(METRICS[o.name].fmt(rec.metric(o.name)) for o in self.budget.objectives

@@ -20,10 +20,10 @@ import math
 import numpy as np
 
 from shiftnas.metrics import Objective
+from shiftnas.record import SearchStore
 from shiftnas.results.pareto import nondominated_ranks
 
 from .budget import PruningCfg
-from .store import SearchStore
 
 
 def rungs(cfg: PruningCfg, epochs: int) -> list[int]:
@@ -66,7 +66,7 @@ class ParetoHalving:
         """Returns True to stop the trial (it is dominated at this rung)."""
         if epoch not in self.rungs:
             return False
-        self.store.record_rung(self.trial._trial_id, epoch, accuracy)
+        self.store.record_rung(self.trial, epoch, accuracy)
         points = {n: self._vector(a, costs) for n, (a, costs) in self.store.at_rung(epoch).items()}
         points[self.trial.number] = self._vector(accuracy, self.costs)
         if should_continue(points, self.trial.number, self.cfg.eta, self.cfg.min_trials):

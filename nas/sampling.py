@@ -23,9 +23,9 @@ from optuna.samplers import BaseSampler
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from shiftnas.record import NATIVE_CONSTRAINTS, claim_new, stored_violations
+
 from .budget import Budget
-from .store import worker_id
-from .trial import NATIVE_CONSTRAINTS
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -33,21 +33,11 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, number]).generate_state(1)[0])
 
 
-def claim(study: Study, trial: FrozenTrial) -> None:
-    """Mark `trial` as this process's the moment it exists (the objective claims it again).
-
-    A kill between a trial's creation and the objective's first line left an
-    unclaimed RUNNING trial, which `SearchStore.live_running` must count alive
-    for a minute, so a resume in that minute stopped one trial short of the budget.
-    """
-    study._storage.set_trial_user_attr(trial._trial_id, "worker", worker_id())
-
-
 class _ClaimingQMCSampler(optuna.samplers.QMCSampler):
-    """Optuna's QMC sampler, claiming each trial as it starts (see `claim`)."""
+    """Optuna's QMC sampler, claiming each trial as it starts (see `claim_new`)."""
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        claim(study, trial)
+        claim_new(study, trial)
         super().before_trial(study, trial)
 
 
@@ -77,7 +67,7 @@ class TrialSeededSampler(BaseSampler):
         return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        claim(study, trial)
+        claim_new(study, trial)
         self._for(trial).before_trial(study, trial)
 
     def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState,
@@ -92,9 +82,9 @@ class TrialSeededSampler(BaseSampler):
 def make_sampler(budget: Budget) -> BaseSampler:
     """The budget's sampler; it reads each trial's constraint values when there are constraints."""
     def violations(trial: FrozenTrial) -> list[float]:
-        return trial.user_attrs.get("violations", [0.0] * len(budget.constraints))
+        return stored_violations(trial, len(budget.constraints))
 
-    # Optuna >= 5 reads the constraints each trial sets itself (`nas.trial.record`).
+    # Optuna >= 5 reads the constraints each trial sets itself (`SearchStore.write_outcome`).
     cons = violations if budget.constraints and not NATIVE_CONSTRAINTS else None
     name, pop = budget.sampler, budget.population_size
 

@@ -1,6 +1,6 @@
 """Results of a search: Pareto fronts and hypervolume, plots, reports, and export of a
 chosen architecture as standalone PyTorch code and ONNX. Runs are read through
-`shiftnas.nas.store` (`open_run`), the one owner of the search's record."""
+`shiftnas.record` (`open_run`), the one owner of the search's record."""
 
 from __future__ import annotations
 

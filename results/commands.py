@@ -13,7 +13,7 @@ from pathlib import Path
 
 from shiftnas.config import int_arg
 from shiftnas.errors import ConfigError
-from shiftnas.nas.store import POINTER, make_storage, mask, open_run
+from shiftnas.record import POINTER, RunDir, make_storage, mask, open_run
 from shiftnas.searchspace import load_arch
 
 from .export import export_arch, export_trial
@@ -81,8 +81,6 @@ def _reference(v: list[float] | None) -> list[float] | None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from shiftnas.nas.rundir import RunDir
-
     run = _open(args)
     out = Path(args.out) if args.out else run.path
     if out is None:

@@ -256,7 +256,7 @@ def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None
 
 
 def export_trial(run, trial, out_dir: str | Path, *, onnx: bool = False) -> dict[str, Path]:
-    """Export one trial of a run (`nas.store.Run`, `TrialRecord`) with its trained weights.
+    """Export one trial of a run (`shiftnas.record.Run`, `TrialRecord`) with its trained weights.
 
     The weights come from the run's artifact store; a duplicate trial
     (`reused_from`) exports the weights of the trial it reused. A trial whose

@@ -19,7 +19,7 @@ import numpy as np
 
 from shiftnas.errors import ConfigError
 from shiftnas.metrics import OPS, Objective
-from shiftnas.nas.store import Run, TrialRecord, candidates
+from shiftnas.record import Run, TrialRecord, candidates
 
 __all__ = ["nondominated_ranks", "nondominated_mask", "hypervolume", "reference_point", "Front", "pareto_front",
            "hypervolume_history", "parse_pick", "select_trial"]
@@ -160,7 +160,7 @@ def _objectives(run: Run, names: Sequence[str] | None) -> tuple[Objective, ...]:
 
 
 def _candidates(trials: Sequence[TrialRecord], objs: Sequence[Objective]) -> list[TrialRecord]:
-    """`nas.store.candidates` that have every objective."""
+    """`shiftnas.record.candidates` that have every objective."""
     return [t for t in candidates(trials) if all(t.metric(o.name) is not None for o in objs)]
 
 

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from shiftnas.errors import ArchError
 from shiftnas.files import atomic_path, atomic_write
 from shiftnas.metrics import Objective
-from shiftnas.nas.store import Run, TrialRecord
+from shiftnas.record import Run, TrialRecord
 from shiftnas.searchspace import decode_net
 from shiftnas.searchspace.genome import SHIFT_KINDS
 

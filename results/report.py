@@ -12,7 +12,7 @@ from typing import Any
 from shiftnas.errors import ConfigError
 from shiftnas.files import atomic_write
 from shiftnas.metrics import METRICS, fmt_duration
-from shiftnas.nas.store import STATES, Run, open_run
+from shiftnas.record import STATES, Run, open_run
 
 from .pareto import Front, pareto_front
 from .plots import plot_choices, plot_hypervolume, plot_pairs, plot_pareto, write_html
@@ -64,11 +64,19 @@ def format_table(front: Front, arch_width: int = 60) -> str:
 
 
 def budget_summary(run: Run) -> dict[str, Any]:
-    """How the budget was spent: trials by state, times, duplicates, rejected before training."""
+    """How the budget was spent: trials by state, times, duplicates, and the infeasible ones.
+
+    Infeasible means breaking a constraint: rejected before training (state
+    `infeasible`), or complete and breaking one checked after training. A failed or
+    pruned trial is counted as what it is, never as infeasible (its `feasible` is
+    False only because it has no complete result).
+    """
     states = Counter(t.state for t in run.trials)
     reused = [t for t in run.trials if t.reused_from is not None]
     train = [t.metric("train_s") for t in run.trials if t.reused_from is None]
     rejected = [t for t in run.trials if t.state == "infeasible" and t.metric("train_s") is None]
+    infeasible = [t for t in run.trials
+                  if t.state == "infeasible" or (t.state == "complete" and not t.feasible)]
     return {
         "trials": len(run.trials),
         "by_state": {s: states.get(s, 0) for s in STATES},
@@ -76,7 +84,7 @@ def budget_summary(run: Run) -> dict[str, Any]:
         "training_time_s": sum(v for v in train if v is not None),
         "reused_duplicates": len(reused),
         "rejected_before_training": len(rejected),
-        "infeasible": sum(1 for t in run.trials if not t.feasible),
+        "infeasible": len(infeasible),
         "trials_budget": run.trials_budget,
         "time_budget_s": run.meta.time_budget_s,
         "elapsed_s": run.elapsed_s,

@@ -7,8 +7,9 @@ top-level folders and install as subpackages:
   the builder and the presets;
 - `shiftnas.kernels`: the shift ops (pure-torch reference, Triton kernels, dispatch);
 - `shiftnas.evaluators`: analytic cost, data sets, proxy training, latency, proxies;
-- `shiftnas.nas`: budget files, the search drivers, pruning, the run store, the CLI;
-- `shiftnas.results`: Pareto fronts, hypervolume, plots, reports, export.
+- `shiftnas.nas`: budget files, the trial loop, the search drivers, pruning, the CLI;
+- `shiftnas.results`: Pareto fronts, hypervolume, plots, reports, export;
+- `shiftnas.record` (in `shiftnas/record/`): the search's record, the Optuna study.
 
 `shiftnas.errors` and `shiftnas.config` sit below all of them. The names
 below are the public API; they are imported on first use, so
@@ -44,7 +45,7 @@ _LAZY = {
     "measure_latency": "shiftnas.evaluators",
     "load_budget": "shiftnas.nas.budget",
     "run_search": "shiftnas.nas.commands",
-    "open_run": "shiftnas.nas.store",
+    "open_run": "shiftnas.record",
     "pareto_front": "shiftnas.results",
     "export_arch": "shiftnas.results",
 }

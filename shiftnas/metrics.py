@@ -5,7 +5,9 @@ objective on it takes by default, the stage of a trial that produces it
 (cost before anything runs, then latency, proxies, training), the value the
 sampler is told when a trial never measured it, its unit and how it prints.
 Budget validation, the trial evaluator, the progress line and the report all
-read this table, so adding a metric is one row here and the code that computes it.
+read this table. Adding a metric is one row here and the code that computes it
+in its stage (docs/design.md, "How to add a metric", says where each stage's is);
+the report's front table shows the objectives and its own headline columns.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ def test_wheel_installs_only_the_shiftnas_package(wheel):
     assert "shiftnas/searchspace/spaces/cifar_shift.yaml" in names
     assert "shiftnas/kernels/_cpu_shift.cpp" in names  # the CPU kernel's source, built on first use
     assert "shiftnas/errors.py" in names and "shiftnas/config.py" in names
+    assert "shiftnas/record/store.py" in names  # the record, a package of the base
     (meta,) = dist_info
     entry = zipfile.ZipFile(wheel).read(f"{meta}/entry_points.txt").decode()
     assert "shiftnas = shiftnas.nas.cli:main" in entry

@@ -24,8 +24,7 @@ import yaml
 from shiftnas.nas.budget import budget_from_dict
 from shiftnas.nas.cli import main
 from shiftnas.nas.commands import open_search, resolve_storage, run_search
-from shiftnas.nas.rundir import RunDir
-from shiftnas.nas.store import FINISHED, SearchStore, open_run
+from shiftnas.record import FINISHED, RunDir, SearchStore, open_run
 from shiftnas.results.pareto import pareto_front
 from tests import pg
 

@@ -26,7 +26,7 @@ from shiftnas.files import atomic_path, atomic_write
 from shiftnas.metrics import fmt_duration
 from shiftnas.nas.budget import budget_from_dict
 from shiftnas.nas.cli import main
-from shiftnas.nas.store import open_run
+from shiftnas.record import open_run
 
 from .test_search import SPACE, budget_dict
 
@@ -354,8 +354,7 @@ def test_output_piped_to_head_exits_quietly():
 
 def test_status_before_the_first_trial_says_it_is_running(tmp_path, capsys):
     from shiftnas.nas.commands import open_search, resolve_storage
-    from shiftnas.nas.rundir import RunDir
-    from shiftnas.nas.store import SearchStore
+    from shiftnas.record import RunDir, SearchStore
 
     b = budget_from_dict(budget_dict(tmp_path, trials=2))
     view = RunDir(b.run_dir)

@@ -1,7 +1,7 @@
 """The search end to end, with real Optuna storages (SQLite, journal) and a real local Ray.
 
 The storage is the record: every assertion reads trials back through
-`nas.store.open_run`, or straight from the Optuna study.
+`shiftnas.record.open_run`, or straight from the Optuna study.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import pytest
 import yaml
 
 import shiftnas.nas.trial
+import shiftnas.record.store
 from shiftnas.errors import ConfigError, StorageError
 from shiftnas.nas.budget import budget_from_dict
 from shiftnas.nas.cli import main
 from shiftnas.nas.commands import run_search
 from shiftnas.nas.optuna_driver import SearchFailed
 from shiftnas.nas.pruning import rungs, should_continue
-from shiftnas.nas.rundir import RunDir
-from shiftnas.nas.store import open_run
+from shiftnas.record import RunDir, SearchStore, open_run
 
 SPACE = {
     "stem_width": 16,
@@ -92,6 +92,20 @@ def test_search_end_to_end_leaves_a_complete_run_dir(tmp_path, capsys):
     (run_dir / "trials.csv").unlink()
     assert main(["report", str(run_dir)]) == 0
     assert len((run_dir / "trials.csv").read_text().splitlines()) == 6
+
+
+def test_a_launch_opens_its_study_once(tmp_path, monkeypatch):
+    """The launch, its engine and the end of the search share one open store."""
+    opened, real = [], SearchStore.open.__func__
+
+    def counting(cls, *a, **k):
+        opened.append(a)
+        return real(cls, *a, **k)
+
+    monkeypatch.setattr(SearchStore, "open", classmethod(counting))
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=2,
+                                                      objectives=["params", "macs"])))
+    assert len(opened) == 1 and (run_dir / "report.md").is_file()
 
 
 def test_constraints_stop_training_and_reach_the_sampler(tmp_path, monkeypatch):
@@ -355,7 +369,7 @@ def test_an_unclaimed_orphan_trial_does_not_eat_the_budget(tmp_path, monkeypatch
     run_dir = run_search(budget_from_dict(d))
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{run_dir / 'study.db'}")
     study.ask()  # RUNNING, no worker: what the kill leaves behind
-    monkeypatch.setattr(shiftnas.nas.store, "UNCLAIMED_S", 0)  # long ago, as far as the run knows
+    monkeypatch.setattr(shiftnas.record.store, "UNCLAIMED_S", 0)  # long ago, as far as the run knows
     assert main(["search", "--trials", "5", str(_write_budget(tmp_path, trials=3,
                                                              objectives=["params", "macs"]))]) == 0
     assert len(finished(run_dir)) == 5
@@ -429,7 +443,7 @@ def test_predicted_latency_with_two_workers_fits_from_the_storage(tmp_path):
 
 def test_calibration_reads_every_measured_network_once():
     from shiftnas.nas.predicted import calibration
-    from shiftnas.nas.store import TrialRecord
+    from shiftnas.record import TrialRecord
 
     f = {"const": 1.0, "parts_ms": 1.0, "parts": 4.0, "mmacs": 1.0, "traffic_mb": 1.0}
     recs = [

@@ -1,4 +1,5 @@
-"""The record's small rules: the fast SQL reader, URLs and passwords, elapsed time, seeds."""
+"""The record's small rules: every attribute written and read back, the fast SQL reader, URLs
+and passwords, elapsed time, seeds."""
 
 from __future__ import annotations
 
@@ -7,17 +8,38 @@ import pytest
 from optuna.trial import TrialState
 
 from shiftnas.errors import ConfigError
+from shiftnas.metrics import Constraint, Objective
 from shiftnas.nas.budget import SAMPLERS, budget_from_dict
 from shiftnas.nas.sampling import trial_seed
-from shiftnas.nas.store import (
-    RUNG,
-    SearchStore,
-    TrialRecord,
-    absolute_url,
-    check_url,
-    mask,
-)
+from shiftnas.record import TRIAL_ATTRS, SearchStore, TrialRecord, absolute_url, check_url, mask
+from shiftnas.record.schema import RUNG
 from tests.results.fixtures import synthetic_run
+
+
+def test_every_attribute_of_an_outcome_is_written_and_read_back(tmp_path):
+    """`write_outcome` stores every TrialRecord attribute that is set; both readers load it."""
+    store = SearchStore.open(f"sqlite:///{tmp_path / 's.db'}", "a", directions=["maximize"])
+    t = store.study.ask()
+    expected = {"state": "complete", "archid": "0123456789ab", "arch": "cifar-net",
+                "metrics": {"accuracy": 0.5, "params": 3.0}, "feasible": False,
+                "reason": "params 3 breaks 'params <= 2'", "reused_from": 7, "retry_of": 3,
+                "worker": "h:1", "weights": "artifact-id", "latency": {"source": "measured"},
+                "surplus": True}
+    assert set(expected) <= set(TRIAL_ATTRS)
+    out = TrialRecord(t.number, **{**expected, "metrics": {**expected["metrics"],
+                                                             "macs": float("nan")}})
+    store.write_outcome(t, out, (Constraint.parse("params <= 2"),))
+    store.tell(t, out, (Objective("accuracy", "maximize"),))
+    (frozen,) = store.frozen()
+    assert frozen.values == [0.5]
+    assert frozen.system_attrs["constraints:params <= 2"] == pytest.approx(0.5)  # (3 - 2) / 2
+    for r in (store.records()[0], TrialRecord.from_frozen(frozen)):  # the SQL reader, Optuna's
+        assert {k: getattr(r, k) for k in expected} == expected  # NaN metrics are dropped
+    # Unset attributes are not written; the reader's defaults stand for them.
+    t = store.study.ask()
+    store.write_outcome(t, TrialRecord(t.number, "failed", feasible=False), ())
+    assert set(store.study.trials[1].user_attrs) == {"state", "metrics", "feasible"}
+    assert store.record(1) == TrialRecord.from_frozen(store.study.trials[1])
 
 
 def test_the_sql_reader_equals_optunas_get_trials(tmp_path):
@@ -28,7 +50,7 @@ def test_the_sql_reader_equals_optunas_get_trials(tmp_path):
     store.claim(t)
     t.suggest_categorical("s0.b0.kind", ["fixed", "active", "dwconv3x3"])
     t.suggest_categorical("s0.b0.e", [1, 2, 3])
-    store.record_rung(t._trial_id, 1, 0.25)
+    store.record_rung(t, 1, 0.25)
     store.study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "boom")
     store.study.tell(t, state=TrialState.FAIL)
     store.study.ask()

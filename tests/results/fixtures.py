@@ -1,6 +1,7 @@
-"""Synthetic searches written through the real writer: an Optuna study in SQLite, via nas.store.
+"""Synthetic searches written through the real writer: an Optuna study in SQLite, via
+`shiftnas.record.SearchStore`.
 
-Trials are created, recorded (`nas.trial.record`) and told exactly as a search
+Trials are created, written (`SearchStore.write_outcome`) and told exactly as a search
 does, so the readers' tests follow the writer's format instead of a copy of it.
 """
 
@@ -13,9 +14,7 @@ from typing import Any
 import numpy as np
 
 from shiftnas.metrics import Constraint, Objective
-from shiftnas.nas.rundir import RunDir
-from shiftnas.nas.store import RunMeta, SearchStore
-from shiftnas.nas.trial import Outcome, record
+from shiftnas.record import RunDir, RunMeta, SearchStore, TrialRecord
 from shiftnas.searchspace import build_model, load_space, sample_random
 from shiftnas.searchspace.genome import decode_net
 
@@ -56,12 +55,12 @@ def make_run(root: Path, trials: list[dict[str, Any]], objectives: list[dict] | 
         art = store.save_weights(trial, build_model(net).state_dict()) \
             if t["number"] in weights else None
         if "latency" in t:  # latency.mode predicted: how latency_ms was obtained
-            trial.set_user_attr("latency", t["latency"])
-        out = Outcome(t["state"], dict(t.get("metrics", {})), t.get("feasible", True),
-                      t.get("reason"), t.get("reused_from"), art)
-        record(trial, net, out, cons)
-        state, values = out.tell(objs)
-        store.study.tell(trial, values=values, state=state)
+            store.set_latency(trial, t["latency"])
+        out = TrialRecord(trial.number, t["state"], net.archid, net.encode(),
+                          dict(t.get("metrics", {})), t.get("feasible", True), t.get("reason"),
+                          reused_from=t.get("reused_from"), weights=art)
+        store.write_outcome(trial, out, cons)
+        store.tell(trial, out, objs)
     RunDir(run_dir).write_pointer(url, name, str(run_dir / "artifacts"))
     return run_dir
 

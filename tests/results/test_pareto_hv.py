@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shiftnas.errors import ConfigError
-from shiftnas.nas.store import open_run
+from shiftnas.record import open_run
 from shiftnas.results.pareto import (
     hypervolume,
     hypervolume_history,

@@ -7,7 +7,7 @@ import builtins
 import pytest
 from matplotlib import image as mpimg
 
-from shiftnas.nas.store import open_run
+from shiftnas.record import open_run
 from shiftnas.results.pareto import pareto_front
 from shiftnas.results.plots import plot_pareto, write_html
 from shiftnas.results.report import budget_summary, write_report
@@ -113,3 +113,30 @@ def test_plotly_html_is_self_contained(tmp_path):
     run = open_run(synthetic_run(tmp_path, 12, seed=3))
     html = write_html(run, pareto_front(run), tmp_path / "p.html").read_text()
     assert "<script src=" not in html and len(html) > 1_000_000  # plotly.js inline
+
+
+def test_the_budget_counts_each_kind_of_trial_as_what_it_is(tmp_path):
+    """Failed and pruned trials are not infeasible: only a broken constraint is (before training,
+    or after it: a complete trial below an accuracy floor)."""
+    constraints = ["params <= 3000000", "accuracy >= 0.6"]
+    ok = {"accuracy": 0.8, "latency_ms": 1.0, "params": 1e5, "train_s": 2.0}
+    run_dir = make_run(tmp_path, [
+        {"number": 0, "state": "complete", "metrics": ok},
+        {"number": 1, "state": "complete", "metrics": {**ok, "accuracy": 0.9, "latency_ms": 2.0}},
+        {"number": 2, "state": "complete", "feasible": False, "reason": "acc 0.5 breaks it",
+         "metrics": {**ok, "accuracy": 0.5}},  # trained, then below the floor
+        {"number": 3, "state": "infeasible", "feasible": False, "reason": "params 9M breaks it",
+         "metrics": {"params": 9e6}},  # rejected before training
+        {"number": 4, "state": "pruned", "feasible": False, "reason": "dominated",
+         "metrics": {**ok, "accuracy": 0.4}},
+        *({"number": n, "state": "failed", "feasible": False, "reason": "TypeError: dtype"}
+          for n in (5, 6, 7)),
+    ], constraints=constraints)
+    run = open_run(run_dir)
+    b = budget_summary(run)
+    assert {s: n for s, n in b["by_state"].items() if n} == {
+        "complete": 3, "pruned": 1, "infeasible": 1, "failed": 3}
+    assert b["rejected_before_training"] == 1 and b["infeasible"] == 2  # trials 3 and 2
+    md = write_report(run).read_text()
+    assert "- trials: 8 (complete: 3, pruned: 1, infeasible: 1, failed: 3)" in md
+    assert "- rejected as infeasible before training: 1 (infeasible in all: 2)" in md

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from shiftnas.errors import ConfigError
-from shiftnas.nas.store import open_run
+from shiftnas.record import open_run
 from shiftnas.results.commands import register
 from shiftnas.results.pareto import parse_pick, select_trial
 from shiftnas.searchspace import decode_net

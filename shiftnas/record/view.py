@@ -1,9 +1,10 @@
-"""A run directory: this machine's view of a search whose record lives in its storage.
+"""The run directory: this machine's view of a search whose record lives in its storage.
 
     run.json        where the record is: storage URL (password masked), study, artifact store
     log.txt         what this machine's launches did, with times
-    trials.jsonl    one line per trial as it finishes (for people who grep; never read back
-                    by the search); `shiftnas report` rewrites it from the storage
+    trials.jsonl    one line per trial as it finishes (for people who grep); a launch reads
+                    it back only to refuse a storage that lost trials this view saw
+                    finish; `shiftnas report` rewrites it from the storage
     trials.csv      the same as a table (written by `shiftnas report`)
     report.md, *.png, pareto.html, export/     written by `shiftnas report` / the search's end
     study.db | journal.log, artifacts/         the default storage and artifact store, when
@@ -23,10 +24,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from shiftnas.errors import ConfigError
 from shiftnas.files import atomic_write, file_lock, is_no_space, no_space
 from shiftnas.metrics import METRICS
 
-from .store import POINTER, TrialRecord, mask, now_iso, read_pointer
+from .schema import FINISHED, TrialRecord, now_iso
+from .storage import mask
+
+POINTER = "run.json"  # in a run directory: where its storage, study and artifacts are
 
 
 class RunDir:
@@ -39,7 +44,25 @@ class RunDir:
         return (self.path / POINTER).is_file()
 
     def pointer(self) -> dict[str, Any] | None:
-        return read_pointer(self.path) if self.exists() else None
+        """`run.json` when there is one (see `read_pointer`), else None."""
+        return self.read_pointer() if self.exists() else None
+
+    def read_pointer(self) -> dict[str, Any]:
+        """`run.json`: storage (password masked), study, artifacts; a `ConfigError` if missing."""
+        path = self.path
+        expected = "a run directory written by `shiftnas search` (with run.json)"
+        if not path.is_dir():
+            raise ConfigError(f"run directory {str(path)!r} does not exist; expected {expected}.")
+        try:
+            d = json.loads((path / POINTER).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} has no {POINTER}; expected {expected}, or give "
+                              f"--storage URL --study NAME.") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path / POINTER} is unreadable ({exc}).") from None
+        if not isinstance(d, dict) or not isinstance(d.get("storage"), str) or not d.get("study"):
+            raise ConfigError(f"{path / POINTER}: expected an object with `storage` and `study`.")
+        return d
 
     def write_pointer(self, storage: str, study: str, artifacts: str | None) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -81,7 +104,7 @@ class RunDir:
         """Trial numbers that the view has seen finish (to notice a storage that lost them)."""
         return {int(d["number"]) for _, d in read_jsonl(self.path / "trials.jsonl")
                 if isinstance(d, dict) and isinstance(d.get("number"), int)
-                and d.get("state") in ("complete", "pruned", "infeasible")}
+                and d.get("state") in FINISHED}
 
     def write_exports(self, records: Iterable[TrialRecord]) -> list[Path]:
         """Rewrite `trials.jsonl` and `trials.csv` from the storage's records."""
