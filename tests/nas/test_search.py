@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import torch
 import yaml
 
 import shiftnas.nas.trial
@@ -166,6 +167,29 @@ def test_a_failing_trial_does_not_stop_the_search_and_is_retried_on_resume(tmp_p
     assert main(["search", str(path), "--trials", "5"]) == 0
     retry = [r for r in records(run_dir).values() if r.retry_of == failed.number]
     assert len(retry) == 1 and retry[0].state == "complete" and retry[0].params == failed.params
+
+
+class _OutOfMemory(torch.nn.Module):
+    """Fails its forward pass as a GPU out of memory does."""
+
+    def forward(self, x):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 139.8 GiB "
+                           "total capacity)")
+
+
+def test_a_trial_out_of_device_memory_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    real, calls = shiftnas.nas.trial.train, []
+
+    def second_runs_out(model, *a, **k):  # the real training loop, on a network that OOMs
+        calls.append(1)
+        return real(_OutOfMemory() if len(calls) == 2 else model, *a, **k)
+
+    monkeypatch.setattr(shiftnas.nas.trial, "train", second_runs_out)
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=2)))
+    recs = records(run_dir)
+    assert Counter(r.state for r in recs.values()) == {"complete": 2, "failed": 1}
+    (failed,) = [r for r in recs.values() if r.state == "failed"]
+    assert failed.reason.startswith("oom: RuntimeError: CUDA out of memory"), failed.reason
 
 
 def test_a_run_of_failures_stops_the_search_with_the_reason(tmp_path, capsys):
