@@ -1,0 +1,405 @@
+// ONNX Runtime custom operators of the shift (docs/spec.md sections 1-3), domain `shiftnas`:
+//
+//   Shift(X, theta) -> Y                      the shift alone
+//   ShiftConv1x1(X, W, B, theta) -> Y         act(conv1x1(shift(X)) + B)
+//   ShiftConv1x1Add(X, W, B, theta, Z) -> Y   act(conv1x1(shift(X)) + B) + Z, or act(... + Z)
+//
+// theta is (C, 2) float, rows (dy, dx) per input channel; attributes `stride` (>= 1),
+// `bilinear` (0: theta holds integers, an integer shift; 1: the active shift's bilinear
+// sampling), `relu` (0 | 1) and, for the Add op, `add_after_relu` (1: csc's branch + shortcut,
+// 0: bottleneck3's ReLU(conv + residual)). X is NCHW float; Y is (N, C_out, ceil(H/s), ceil(W/s)).
+//
+// Why fused: in ORT a shift is a node of its own between two 1x1 convolutions that ORT runs in
+// its blocked NCHWc layout, so a separate shift costs the node and two layout reorders. The
+// fused op reads the shifted input while packing the GEMM's B panel, which the GEMM packs
+// anyway: the shift itself moves no extra bytes (benchmarks/RESULTS.md, "Shift in ONNX Runtime").
+//
+// Written against ONNX Runtime's C ABI only, so it builds without ORT's headers (the Python
+// wheel ships none): the few declarations below are the C API's stable parts. `OrtApi` is a
+// table of function pointers that ORT only ever appends to (its ABI promise), so a function is
+// reached by its slot number, fixed since API version 1. The op table (`OrtCustomOp`) says
+// version 17 (ONNX Runtime >= 1.17, the `onnx` extra's floor), and fills every field up to it:
+// ORT 1.32 calls the optional-input callbacks even for a table that claims version 1.
+// Built on first use by shiftnas/kernels/ort_ops.py with the system C++ compiler.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+extern "C" {
+struct OrtApi;
+struct OrtStatus;
+struct OrtKernelInfo;
+struct OrtKernelContext;
+struct OrtValue;
+struct OrtTensorTypeAndShapeInfo;
+struct OrtSessionOptions;
+struct OrtCustomOpDomain;
+
+struct OrtApiBase {
+  const OrtApi* (*GetApi)(uint32_t version);
+  const char* (*GetVersionString)();
+};
+
+struct OrtCustomOp {  // the layout of API version 17; later versions only append
+  uint32_t version;
+  void* (*CreateKernel)(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info);
+  const char* (*GetName)(const OrtCustomOp* op);
+  const char* (*GetExecutionProviderType)(const OrtCustomOp* op);
+  int (*GetInputType)(const OrtCustomOp* op, size_t index);
+  size_t (*GetInputTypeCount)(const OrtCustomOp* op);
+  int (*GetOutputType)(const OrtCustomOp* op, size_t index);
+  size_t (*GetOutputTypeCount)(const OrtCustomOp* op);
+  void (*KernelCompute)(void* kernel, OrtKernelContext* context);
+  void (*KernelDestroy)(void* kernel);
+  int (*GetInputCharacteristic)(const OrtCustomOp* op, size_t index);   // 0: required
+  int (*GetOutputCharacteristic)(const OrtCustomOp* op, size_t index);  // 0: required
+  int (*GetInputMemoryType)(const OrtCustomOp* op, size_t index);       // 0: the default
+  int (*GetVariadicInputMinArity)(const OrtCustomOp* op);
+  int (*GetVariadicInputHomogeneity)(const OrtCustomOp* op);
+  int (*GetVariadicOutputMinArity)(const OrtCustomOp* op);
+  int (*GetVariadicOutputHomogeneity)(const OrtCustomOp* op);
+  void* CreateKernelV2;       // unused (null): the version-1 kernel callbacks above serve
+  void* KernelComputeV2;
+  void* InferOutputShapeFn;   // null: ORT infers nothing; the output shape is set at run time
+  int (*GetStartVersion)(const OrtCustomOp* op);
+  int (*GetEndVersion)(const OrtCustomOp* op);
+  void* later[8];             // fields of later versions, null (ORT reads them only for those)
+};
+}
+
+namespace {
+
+constexpr int kFloat = 1;  // ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
+
+// Slots of OrtApi (function-pointer table, append-only since API version 1).
+enum Slot {
+  kCreateCustomOpDomain = 26,
+  kCustomOpDomainAdd = 27,
+  kAddCustomOpDomain = 28,
+  kGetTensorMutableData = 51,
+  kGetDimensionsCount = 61,
+  kGetDimensions = 62,
+  kGetTensorTypeAndShape = 65,
+  kKernelInfoGetAttributeInt64 = 86,
+  kKernelContextGetInput = 90,
+  kKernelContextGetOutput = 91,
+  kReleaseStatus = 93,
+  kReleaseTensorTypeAndShapeInfo = 99,
+};
+
+const OrtApi* g_api = nullptr;
+
+template <typename F>
+F fn(Slot s) {
+  return reinterpret_cast<F const*>(g_api)[s];
+}
+
+int64_t attr_int(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  int64_t v = fallback;
+  OrtStatus* st = fn<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*)>(
+      kKernelInfoGetAttributeInt64)(info, name, &v);
+  if (st == nullptr) return v;
+  fn<void (*)(OrtStatus*)>(kReleaseStatus)(st);  // a missing attribute keeps its default
+  return fallback;
+}
+
+struct Tensor {
+  const float* data = nullptr;
+  std::vector<int64_t> shape;
+};
+
+Tensor input(OrtKernelContext* ctx, size_t i) {
+  const OrtValue* v = nullptr;
+  fn<OrtStatus* (*)(const OrtKernelContext*, size_t, const OrtValue**)>(kKernelContextGetInput)(
+      ctx, i, &v);
+  Tensor t;
+  void* p = nullptr;
+  fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(const_cast<OrtValue*>(v), &p);
+  t.data = static_cast<const float*>(p);
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  fn<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(kGetTensorTypeAndShape)(v, &info);
+  size_t n = 0;
+  fn<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, size_t*)>(kGetDimensionsCount)(info, &n);
+  t.shape.resize(n);
+  fn<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(kGetDimensions)(
+      info, t.shape.data(), n);
+  fn<void (*)(OrtTensorTypeAndShapeInfo*)>(kReleaseTensorTypeAndShapeInfo)(info);
+  return t;
+}
+
+float* output(OrtKernelContext* ctx, const std::vector<int64_t>& shape) {
+  OrtValue* v = nullptr;
+  fn<OrtStatus* (*)(OrtKernelContext*, size_t, const int64_t*, size_t, OrtValue**)>(
+      kKernelContextGetOutput)(ctx, 0, shape.data(), shape.size(), &v);
+  void* p = nullptr;
+  fn<OrtStatus* (*)(OrtValue*, void**)>(kGetTensorMutableData)(v, &p);
+  return static_cast<float*>(p);
+}
+
+// ----------------------------------------------------------------------------
+// Sampling: one output row of one channel
+// ----------------------------------------------------------------------------
+
+// dst[j] = plane[r, c0 + j*s] for j in [0, n): zero where the row or the column is outside.
+inline void sample_row(float* dst, const float* plane, int64_t h, int64_t w, int64_t r, int64_t c0,
+                       int64_t s, int64_t n) {
+  if (r < 0 || r >= h) {
+    std::memset(dst, 0, n * sizeof(float));
+    return;
+  }
+  const int64_t lo = std::min(n, c0 < 0 ? (-c0 + s - 1) / s : int64_t{0});
+  const int64_t hi = c0 > w - 1 ? lo : std::max(lo, std::min(n, (w - 1 - c0) / s + 1));
+  std::memset(dst, 0, lo * sizeof(float));
+  const float* row = plane + r * w + c0;
+  if (s == 1) {
+    std::memcpy(dst + lo, row + lo, (hi - lo) * sizeof(float));
+  } else {
+    for (int64_t j = lo; j < hi; ++j) dst[j] = row[j * s];
+  }
+  std::memset(dst + hi, 0, (n - hi) * sizeof(float));
+}
+
+// The sampling of one channel: integer offsets, or the bilinear weights of spec section 2.
+struct Sampler {
+  int64_t a, b;          // floor(dy), floor(dx)
+  float w00, w01, w10, w11;  // (1-u)(1-v), (1-u)v, u(1-v), uv
+  bool rows2, cols2;     // u > 0, v > 0: the second row / column of taps is used
+
+  Sampler(float dy, float dx, bool bilinear) {
+    if (!bilinear) {  // theta holds integers (a fixed or a rounded sparse shift)
+      a = static_cast<int64_t>(std::lround(dy));
+      b = static_cast<int64_t>(std::lround(dx));
+      w00 = 1.f, w01 = w10 = w11 = 0.f, rows2 = cols2 = false;
+      return;
+    }
+    const float fa = std::floor(dy), fb = std::floor(dx), u = dy - fa, v = dx - fb;
+    a = static_cast<int64_t>(fa), b = static_cast<int64_t>(fb);
+    w00 = (1 - u) * (1 - v), w01 = (1 - u) * v, w10 = u * (1 - v), w11 = u * v;
+    rows2 = u > 0.f, cols2 = v > 0.f;
+  }
+
+  // dst[j] = y[i, j] for j in [0, wo) of one channel; `tmp` holds 3 * wo floats.
+  void row(float* dst, float* tmp, const float* plane, int64_t h, int64_t w, int64_t i, int64_t s,
+           int64_t wo) const {
+    const int64_t r = i * s + a;
+    sample_row(dst, plane, h, w, r, b, s, wo);
+    if (!rows2 && !cols2) return;
+    float* t1 = tmp;
+    float* t2 = tmp + wo;
+    float* t3 = tmp + 2 * wo;
+    const bool c2 = cols2, r2 = rows2;
+    if (c2) sample_row(t1, plane, h, w, r, b + 1, s, wo);
+    if (r2) sample_row(t2, plane, h, w, r + 1, b, s, wo);
+    if (r2 && c2) sample_row(t3, plane, h, w, r + 1, b + 1, s, wo);
+    for (int64_t j = 0; j < wo; ++j) {
+      float y = w00 * dst[j];
+      if (c2) y += w01 * t1[j];
+      if (r2) y += w10 * t2[j];
+      if (r2 && c2) y += w11 * t3[j];
+      dst[j] = y;
+    }
+  }
+};
+
+std::vector<Sampler> samplers(const Tensor& theta, int64_t c, bool bilinear) {
+  std::vector<Sampler> out;
+  out.reserve(c);
+  for (int64_t ch = 0; ch < c; ++ch) out.emplace_back(theta.data[2 * ch], theta.data[2 * ch + 1], bilinear);
+  return out;
+}
+
+// ----------------------------------------------------------------------------
+// GEMM: Y[co, t] = sum_k W[co, k] * P[k, t] over a tile of T pixels
+// ----------------------------------------------------------------------------
+
+constexpr int64_t kMR = 6;   // output channels per micro-tile
+constexpr int64_t kNR = 16;  // pixels per micro-tile (two 8-float vectors)
+typedef float v8 __attribute__((vector_size(32)));
+
+// `wp`: W packed as [ceil(Cout / MR)][K][MR] (zero rows past Cout); `p`: [K][tp], tp a multiple
+// of NR; `acc_out`: [ceil(Cout / MR) * MR][tp]. Cloned for AVX2 + FMA and the baseline ISA,
+// picked at load time, so one build runs on any x86-64 machine.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("arch=haswell", "default")))
+#endif
+void gemm_tile(const float* wp, const float* p, float* acc_out, int64_t co_blocks, int64_t k,
+               int64_t tp) {
+  for (int64_t cb = 0; cb < co_blocks; ++cb) {
+    const float* a = wp + cb * k * kMR;
+    for (int64_t t = 0; t < tp; t += kNR) {
+      v8 acc[kMR][2] = {};
+      const float* b = p + t;
+      for (int64_t kk = 0; kk < k; ++kk) {
+        v8 b0, b1;
+        std::memcpy(&b0, b + kk * tp, sizeof(v8));
+        std::memcpy(&b1, b + kk * tp + 8, sizeof(v8));
+        const float* ak = a + kk * kMR;
+        for (int64_t r = 0; r < kMR; ++r) {
+          const v8 av = {ak[r], ak[r], ak[r], ak[r], ak[r], ak[r], ak[r], ak[r]};
+          acc[r][0] += av * b0;
+          acc[r][1] += av * b1;
+        }
+      }
+      for (int64_t r = 0; r < kMR; ++r) {
+        float* o = acc_out + (cb * kMR + r) * tp + t;
+        std::memcpy(o, &acc[r][0], sizeof(v8));
+        std::memcpy(o + 8, &acc[r][1], sizeof(v8));
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// Kernels
+// ----------------------------------------------------------------------------
+
+struct Kernel {
+  int64_t stride, bilinear, relu, add_after_relu, fused, residual;
+};
+
+void shift_compute(const Kernel& k, OrtKernelContext* ctx) {
+  const Tensor x = input(ctx, 0), theta = input(ctx, 1);
+  const int64_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3], s = k.stride;
+  const int64_t ho = (h + s - 1) / s, wo = (w + s - 1) / s;
+  float* y = output(ctx, {n, c, ho, wo});
+  const std::vector<Sampler> smp = samplers(theta, c, k.bilinear != 0);
+  std::vector<float> tmp(3 * wo);
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float* plane = x.data + (b * c + ch) * h * w;
+      float* out = y + (b * c + ch) * ho * wo;
+      for (int64_t i = 0; i < ho; ++i) smp[ch].row(out + i * wo, tmp.data(), plane, h, w, i, s, wo);
+    }
+}
+
+// Pixels per tile: the packed panel (C_in x T floats) stays within ~48 KiB (L1/L2).
+constexpr int64_t kPanelFloats = 12288;
+
+void shift_conv_compute(const Kernel& k, OrtKernelContext* ctx) {
+  const Tensor x = input(ctx, 0), wt = input(ctx, 1), bias = input(ctx, 2), theta = input(ctx, 3);
+  const int64_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3], s = k.stride;
+  const int64_t co = wt.shape[0], ho = (h + s - 1) / s, wo = (w + s - 1) / s, hw = ho * wo;
+  const float* z = k.residual ? input(ctx, 4).data : nullptr;
+  float* y = output(ctx, {n, co, ho, wo});
+  const std::vector<Sampler> smp = samplers(theta, c, k.bilinear != 0);
+
+  const int64_t co_blocks = (co + kMR - 1) / kMR;
+  std::vector<float> wp(co_blocks * c * kMR, 0.f);
+  for (int64_t o = 0; o < co; ++o)
+    for (int64_t kk = 0; kk < c; ++kk) wp[(o / kMR) * c * kMR + kk * kMR + o % kMR] = wt.data[o * c + kk];
+
+  // Whole output rows per tile, T = rows * wo pixels padded to a multiple of NR.
+  const int64_t rows = std::max<int64_t>(1, std::min(ho, kPanelFloats / std::max<int64_t>(1, c) / wo));
+  const int64_t tmax = (rows * wo + kNR - 1) / kNR * kNR;
+  std::vector<float> panel(c * tmax), acc(co_blocks * kMR * tmax), tmp(3 * wo);
+  for (int64_t b = 0; b < n; ++b) {
+    const float* xb = x.data + b * c * h * w;
+    for (int64_t i0 = 0; i0 < ho; i0 += rows) {
+      const int64_t nr = std::min(rows, ho - i0), t = nr * wo, tp = (t + kNR - 1) / kNR * kNR;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        float* dst = panel.data() + ch * tp;
+        for (int64_t i = 0; i < nr; ++i)
+          smp[ch].row(dst + i * wo, tmp.data(), xb + ch * h * w, h, w, i0 + i, s, wo);
+        std::memset(dst + t, 0, (tp - t) * sizeof(float));
+      }
+      gemm_tile(wp.data(), panel.data(), acc.data(), co_blocks, c, tp);
+      for (int64_t o = 0; o < co; ++o) {
+        const float* a = acc.data() + o * tp;
+        const float bo = bias.data[o];
+        float* out = y + (b * co + o) * hw + i0 * wo;
+        const float* zo = z ? z + (b * co + o) * hw + i0 * wo : nullptr;
+        if (zo && !k.add_after_relu) {
+          for (int64_t j = 0; j < t; ++j) {
+            const float v = a[j] + bo + zo[j];
+            out[j] = k.relu ? std::max(v, 0.f) : v;
+          }
+        } else {
+          for (int64_t j = 0; j < t; ++j) {
+            float v = a[j] + bo;
+            if (k.relu) v = std::max(v, 0.f);
+            out[j] = zo ? v + zo[j] : v;
+          }
+        }
+      }
+    }
+  }
+}
+
+// ----------------------------------------------------------------------------
+// The op table
+// ----------------------------------------------------------------------------
+
+struct Op {
+  OrtCustomOp table;  // first: ORT sees only this part
+  const char* name;
+  size_t inputs;
+  bool fused, residual;
+};
+
+void* create_kernel(const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo* info) {
+  const Op* o = reinterpret_cast<const Op*>(op);
+  return new Kernel{std::max<int64_t>(1, attr_int(info, "stride", 1)), attr_int(info, "bilinear", 0),
+                    attr_int(info, "relu", 0), attr_int(info, "add_after_relu", 1), o->fused,
+                    o->residual};
+}
+
+void compute(void* kernel, OrtKernelContext* ctx) {
+  const Kernel& k = *static_cast<Kernel*>(kernel);
+  if (k.fused)
+    shift_conv_compute(k, ctx);
+  else
+    shift_compute(k, ctx);
+}
+
+Op make_op(const char* name, size_t inputs, bool fused, bool residual) {
+  Op op{};
+  OrtCustomOp& t = op.table;
+  t.version = 17;
+  t.CreateKernel = create_kernel;
+  t.GetName = [](const OrtCustomOp* o) { return reinterpret_cast<const Op*>(o)->name; };
+  t.GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return nullptr; };
+  t.GetInputType = [](const OrtCustomOp*, size_t) { return kFloat; };
+  t.GetInputTypeCount = [](const OrtCustomOp* o) { return reinterpret_cast<const Op*>(o)->inputs; };
+  t.GetOutputType = [](const OrtCustomOp*, size_t) { return kFloat; };
+  t.GetOutputTypeCount = [](const OrtCustomOp*) -> size_t { return 1; };
+  t.KernelCompute = compute;
+  t.KernelDestroy = [](void* k) { delete static_cast<Kernel*>(k); };
+  t.GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return 0; };
+  t.GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return 0; };
+  t.GetInputMemoryType = [](const OrtCustomOp*, size_t) { return 0; };
+  t.GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+  t.GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  t.GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+  t.GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+  t.GetStartVersion = [](const OrtCustomOp*) { return 1; };
+  t.GetEndVersion = [](const OrtCustomOp*) { return 1 << 30; };
+  op.name = name, op.inputs = inputs, op.fused = fused, op.residual = residual;
+  return op;
+}
+
+Op g_shift = make_op("Shift", 2, false, false);
+Op g_shift_conv = make_op("ShiftConv1x1", 4, true, false);
+Op g_shift_conv_add = make_op("ShiftConv1x1Add", 5, true, true);
+
+}  // namespace
+
+// The entry point ORT looks up in a custom-op library
+// (SessionOptions.register_custom_ops_library in Python, RegisterCustomOpsLibrary in C).
+extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(
+    OrtSessionOptions* options, const OrtApiBase* base) {
+  g_api = base->GetApi(1);
+  if (g_api == nullptr) return nullptr;  // cannot happen: every ORT serves API version 1
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* st = fn<OrtStatus* (*)(const char*, OrtCustomOpDomain**)>(kCreateCustomOpDomain)(
+          "shiftnas", &domain))
+    return st;
+  for (Op* op : {&g_shift, &g_shift_conv, &g_shift_conv_add})
+    if (OrtStatus* st = fn<OrtStatus* (*)(OrtCustomOpDomain*, const OrtCustomOp*)>(kCustomOpDomainAdd)(
+            domain, &op->table))
+      return st;
+  // The domain must outlive every session that uses it: it is kept for the process's life.
+  return fn<OrtStatus* (*)(OrtSessionOptions*, OrtCustomOpDomain*)>(kAddCustomOpDomain)(options, domain);
+}
