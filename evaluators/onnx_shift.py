@@ -523,3 +523,28 @@ def known_picks(site_map: dict[int, Site], batch: int, threads: int, custom: boo
     table = data.get(device_name("cpu", threads), {})
     return {i: (table.get(s.key(batch, threads, custom)) or {}).get("pick", "?")
             for i, s in site_map.items()}
+
+
+def describe(net, latency: dict[str, Any]) -> str:
+    """How a search measured `net`'s latency (its budget's `latency` settings): the runtime,
+    and for ONNX Runtime the formulation of its shifts, read from `choose`'s cache (nothing
+    is timed): `onnxruntime (fused 2, dwconv 1)`."""
+    from shiftnas.config import cfg_from_dict
+    from shiftnas.evaluators.latency import LatencyCfg, _prepare
+
+    cfg = cfg_from_dict(LatencyCfg, dict(latency), "latency")
+    if cfg.backend != "onnxruntime":
+        return cfg.backend
+    from shiftnas.searchspace import build_model
+
+    model, _ = _prepare(build_model(net), cfg, torch.device("cpu"))
+    x = torch.zeros(cfg.batch_size, net.in_chans, net.input_size, net.input_size)
+    site_map = sites(*export_markers(model, x))
+    if not site_map:
+        return "onnxruntime (no shifts)"
+    for custom in ((True, False) if ort_ops.available() else (False,)):
+        picks = known_picks(site_map, cfg.batch_size, cfg.threads, custom)
+        if "?" not in picks.values():
+            note = summary(picks)
+            return f"onnxruntime ({note})" if custom else f"onnxruntime (standard ONNX: {note})"
+    return "onnxruntime (formulation not recorded on this machine)"

@@ -85,6 +85,11 @@ def test_latency_picks_and_records_the_formulation():
     site_map = onnx_shift.sites(*onnx_shift.export_markers(
         build_model(net, fuse=False, portable=True).eval(), torch.randn(1, 3, 11, 11)))
     assert "?" not in onnx_shift.known_picks(site_map, 1, 1, ort_ops.available()).values()
+    # What the report's front table says: the runtime and the same formulation.
+    latency = {"backend": "onnxruntime", "warmup": 1, "repeats": 3}
+    assert onnx_shift.describe(net, latency) in (f"onnxruntime ({r.formulation})",
+                                                 f"onnxruntime (standard ONNX: {r.formulation})")
+    assert onnx_shift.describe(net, {"backend": "eager"}) == "eager"
 
 
 def test_failed_build_falls_back_to_standard_onnx(tmp_path, monkeypatch):
