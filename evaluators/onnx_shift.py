@@ -364,6 +364,29 @@ def _lower_slices(gr: _Graph, node, tag: str, theta: np.ndarray, hw: tuple[int, 
     _replace(gr, [node], nodes)
 
 
+def _lower_gather(gr: _Graph, node, tag: str, theta: np.ndarray, hw: tuple[int, int]) -> None:
+    """Pad, flatten, one Gather of every output element's source, reshape (integer offsets;
+    measured only, not a candidate: benchmarks/RESULTS.md)."""
+    from onnx import helper
+
+    s, (h, w) = int(_attr(node, "stride", 1)), hw
+    ho, wo, c = -(-h // s), -(-w // s), theta.shape[0]
+    off = np.rint(theta).astype(np.int64)
+    p = int(np.abs(off).max()) if off.size else 0
+    hp, wp = h + 2 * p, w + 2 * p
+    rows = np.arange(ho)[None, :, None] * s + off[:, 0, None, None] + p
+    cols = np.arange(wo)[None, None, :] * s + off[:, 1, None, None] + p
+    idx = (np.arange(c)[:, None, None] * hp * wp + rows * wp + cols).reshape(-1)
+    names = [gr.add_init(f"{tag}_{k}", v) for k, v in (
+        ("pads", np.array([0, 0, p, p, 0, 0, p, p], np.int64)), ("flat", np.array([0, -1], np.int64)),
+        ("idx", idx.astype(np.int64)), ("shape", np.array([0, c, ho, wo], np.int64)))]
+    _replace(gr, [node], [
+        helper.make_node("Pad", [node.input[0], names[0]], [f"{tag}_p"], name=f"{tag}_pad"),
+        helper.make_node("Reshape", [f"{tag}_p", names[1]], [f"{tag}_f"], name=f"{tag}_flat"),
+        helper.make_node("Gather", [f"{tag}_f", names[2]], [f"{tag}_g"], name=f"{tag}_gather", axis=1),
+        helper.make_node("Reshape", [f"{tag}_g", names[3]], list(node.output), name=f"{tag}_out")])
+
+
 def lower(model, markers: list[ShiftMarker], picks: dict[int, str]):
     """Rewrite each marker node (by site) into `picks[site]`, in place; returns `model`."""
     gr = _Graph(model)
@@ -379,6 +402,8 @@ def lower(model, markers: list[ShiftMarker], picks: dict[int, str]):
             _lower_custom(gr, node, tag)
         elif form == "dwconv":
             _lower_dwconv(gr, node, tag, theta)
+        elif form == "gather" and not m.bilinear:
+            _lower_gather(gr, node, tag, theta, m.hw)
         else:
             _lower_slices(gr, node, tag, theta, m.hw)
     used = {n.domain for n in gr.g.node}
