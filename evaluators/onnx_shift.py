@@ -134,8 +134,9 @@ def export_markers(model: nn.Module, x: torch.Tensor, dynamic_batch: bool = Fals
 
     markers = to_markers(model)
     kw: dict[str, Any] = {"input_names": ["input"], "output_names": ["logits"], "opset_version": 17,
-                          "do_constant_folding": True,
-                          "custom_opsets": {ort_ops.DOMAIN: 1}}
+                          "do_constant_folding": True}
+    if markers:  # naming an unused domain makes the exporter print a warning
+        kw["custom_opsets"] = {ort_ops.DOMAIN: 1}
     if dynamic_batch:
         kw["dynamic_axes"] = {"input": {0: "batch"}, "logits": {0: "batch"}}
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
