@@ -4,8 +4,8 @@
 (eval mode, BatchNorm folded into the convolution before it, `torch.inference_mode`)
 after a warm-up: CUDA events on a GPU, `time.perf_counter` with a fixed thread
 count on the CPU; optionally through `torch.compile`, a CUDA graph, or ONNX
-Runtime (the network exported with the portable shift ops, as a deployment
-would run it; `onnxruntime_session`). Results
+Runtime (the network exported as a deployment would run it, each shift in the
+formulation timed fastest for its shape: `onnxruntime_session`). Results
 are cached in a JSON file keyed by archid, device, dtype, batch size, torch
 version and backend. A trial's latency is the runs' median, or their minimum
 (`statistic: min`): on a shared machine other tenants only ever add time, so
