@@ -4,11 +4,12 @@
 (eval mode, BatchNorm folded into the convolution before it, `torch.inference_mode`)
 after a warm-up: CUDA events on a GPU, `time.perf_counter` with a fixed thread
 count on the CPU; eagerly, through `torch.compile`, a CUDA graph, or ONNX
-Runtime (the network exported with the portable shift ops, as a deployment
-would run it; `onnxruntime_session`). The default, `auto`, replays a CUDA graph
-on a GPU, where launching a small network's kernels one by one would otherwise
-be what is timed, and runs eagerly on the CPU; a network whose capture fails is
-timed eagerly, and the result's `backend` says which was used. Results
+Runtime (the network exported as a deployment would run it, each shift in the
+formulation timed fastest for its shape: `onnxruntime_session`). The default,
+`auto`, replays a CUDA graph on a GPU, where launching a small network's
+kernels one by one would otherwise be what is timed, and runs eagerly on the
+CPU; a network whose capture fails is timed eagerly, and the result's
+`backend` says which was used. Results
 are cached in a JSON file keyed by archid, device, dtype, batch size, torch
 version and backend. A trial's latency is the runs' median, or their minimum
 (`statistic: min`): on a shared machine other tenants only ever add time, so
@@ -125,6 +126,8 @@ class LatencyResult:
     backend: str  # what ran: eager, compile, cudagraph or onnxruntime (never auto)
     cached: bool = False  # True when read from the cache instead of measured now
     min_ms: float | None = None  # the fastest run (None: a cache entry written before it)
+    formulation: str | None = None  # onnxruntime: how its shifts ran (evaluators.onnx_shift):
+    # `fused 2, dwconv 1`; prefixed `standard ONNX, custom ops unavailable:` after a failed build
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,45 +200,47 @@ def _prepare(model: nn.Module, cfg: LatencyCfg, device: torch.device) -> tuple[n
     return m, cl
 
 
-def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int):
+def onnxruntime_session(model: nn.Module, x: torch.Tensor, threads: int,
+                        formulation: str = "auto"):
     """An ONNX Runtime session of `model` (eval mode, fp32) for inputs shaped like `x`.
 
     Exported with the TorchScript exporter where torch still has it: 1.6 s per
     network here against 13 s for the dynamo exporter, which matters once per
-    trial. ORT runs with all graph optimisations, `threads` intra-op threads and
-    one inter-op thread, on the CUDA provider for CUDA inputs where it has one.
+    trial. Each shift becomes the formulation `evaluators.onnx_shift.choose`
+    times fastest for its shape (`formulation: auto`; `standard`: standard ONNX
+    operators only), with the shift's custom ops loaded when it uses them. ORT
+    runs with all graph optimisations, `threads` intra-op threads and one
+    inter-op thread, on the CUDA provider for CUDA inputs where it has one. The
+    session's `shiftnas_formulation` says how the shifts ran (`dwconv 2, fused 1`;
+    prefixed `standard ONNX, custom ops unavailable:` after a failed build).
     """
-    import contextlib
-    import inspect
-    import io
-    import warnings
-
     try:
         import onnxruntime as ort
     except ImportError:
         raise ConfigError("latency.backend: 'onnxruntime' needs ONNX Runtime: "
                           "pip install 'shiftnas[onnx]'.") from None
-    buf = io.BytesIO()
-    kw: dict[str, Any] = {"input_names": ["input"], "output_names": ["logits"],
-                          "opset_version": 17, "do_constant_folding": True}
-    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        kw["dynamo"] = False
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.cpu().eval(), (x.cpu(),), buf, **kw)
-    import onnx
+    from shiftnas.kernels import ort_ops
 
-    from .onnx_passes import merge_slices
+    from . import onnx_shift
 
-    graph = merge_slices(onnx.load_from_string(buf.getvalue()))  # 27 -> 9 slices per 8c shift
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3  # errors only: its notes on folded constants are not ours to read
+    model = copy.deepcopy(model).cpu().eval()
+    if onnx_shift._theta_of(model) is not None:  # a bare shift: give it a parent to replace it in
+        model = nn.Sequential(model)
+    graph, markers = onnx_shift.export_markers(model, x.cpu())
+    site_map = onnx_shift.sites(graph, markers)
+    custom = bool(site_map) and formulation == "auto" and ort_ops.available()
+    picks = onnx_shift.choose(site_map, x.shape[0], threads, custom) if site_map else {}
+    onnx_shift.lower(graph, markers, picks)
+    so = onnx_shift.session_options(threads, custom)
     providers = ["CPUExecutionProvider"]
     if x.is_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(graph.SerializeToString(), so, providers=providers)
+    session = ort.InferenceSession(graph.SerializeToString(), so, providers=providers)
+    note = onnx_shift.summary(picks)
+    if site_map and formulation == "auto" and not custom:
+        note = "standard ONNX, custom ops unavailable: " + note
+    session.shiftnas_formulation = note or "no shifts"
+    return session
 
 
 def _capture(model: nn.Module, x: torch.Tensor, warmup: int):
@@ -259,29 +264,23 @@ def _capture(model: nn.Module, x: torch.Tensor, warmup: int):
     return graph, None
 
 
-def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> list[float]:
+def time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg,
+                info: dict[str, Any] | None = None) -> list[float]:
     """Milliseconds of each forward pass of `model` on `x` after the warm-up: `cfg.repeats`
     of them, more while `cfg.min_time_s` has not passed.
 
-    The module is used as given (callers fold BN and move it first). With
-    `cudagraph`, a network that cannot be captured is timed eagerly:
-    `timed_backend` says which ran.
+    The module is used as given (callers fold BN and move it first). `info`, when
+    given, receives `backend`: what ran (with `cudagraph`, a network that cannot
+    be captured runs eagerly), and with ONNX Runtime `formulation`: how its shifts ran.
     """
-    return _time_module(model, x, cfg)[0]
-
-
-def timed_backend(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> tuple[list[float], str]:
-    """`time_module`'s times and the backend that ran (`cfg.backend`, or eager after a failed
-    CUDA graph capture)."""
-    return _time_module(model, x, cfg)
-
-
-def _time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> tuple[list[float], str]:
+    info = {} if info is None else info
     cfg = resolve_backend(cfg, x.device)
+    info["backend"] = cfg.backend
     device = x.device
     cuda = device.type == "cuda"
     if cfg.backend == "onnxruntime":
         session = onnxruntime_session(model, x, cfg.threads)
+        info["formulation"] = session.shiftnas_formulation
         feed = {"input": x.detach().cpu().numpy()}
         for _ in range(cfg.warmup):
             session.run(None, feed)
@@ -291,7 +290,7 @@ def _time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> tuple[li
             t0 = time.perf_counter()
             session.run(None, feed)
             times.append((time.perf_counter() - t0) * 1e3)
-        return times, cfg.backend
+        return times
     if cfg.backend == "cudagraph" and not cuda:
         raise ConfigError(f"latency.backend: 'cudagraph' needs a CUDA device, got {device}; "
                           f"use eager or compile.")
@@ -299,15 +298,14 @@ def _time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> tuple[li
     if cfg.backend == "compile":
         run = torch.compile(model)
     times: list[float] = []
-    used = cfg.backend
     with torch.inference_mode():
         graph = None
         if cfg.backend == "cudagraph":
             graph, why = _capture(model, x, cfg.warmup)
             if graph is None:
                 warnings.warn(f"latency: this network cannot be captured in a CUDA graph "
-                              f"({why}); timing it eagerly", RuntimeWarning, stacklevel=3)
-                used = "eager"
+                              f"({why}); timing it eagerly", RuntimeWarning, stacklevel=2)
+                info["backend"] = "eager"
         if graph is not None:
             def step() -> None:
                 graph.replay()
@@ -333,7 +331,7 @@ def _time_module(model: nn.Module, x: torch.Tensor, cfg: LatencyCfg) -> tuple[li
                 t0 = time.perf_counter()
                 step()
                 times.append((time.perf_counter() - t0) * 1e3)
-    return times, used
+    return times
 
 
 @contextlib.contextmanager
@@ -365,14 +363,15 @@ def _measure(model: nn.Module, shape: tuple[int, ...], cfg: LatencyCfg, device: 
 def _time_prepared(m: nn.Module, x: torch.Tensor, cfg: LatencyCfg, dev_name: str) -> LatencyResult:
     """Time a module already prepared by `_prepare` on its input `x`, holding the device."""
     device, batch = x.device, x.shape[0]
+    info: dict[str, Any] = {}
     with DeviceLock(device, cfg.lock).exclusive(), _cpu_threads(device, cfg.threads):
-        times, used = timed_backend(m, x, cfg)
-        times = sorted(times)
+        times = sorted(time_module(m, x, cfg, info))
     p25, p75 = _percentile(times, 0.25), _percentile(times, 0.75)
     return LatencyResult(
         median_ms=statistics.median(times), p25_ms=p25, p75_ms=p75, iqr_ms=p75 - p25,
         runs=len(times), batch_size=batch, dtype=cfg.dtype, device_name=dev_name,
-        torch_version=torch.__version__, backend=used, min_ms=times[0],
+        torch_version=torch.__version__, backend=info["backend"], min_ms=times[0],
+        formulation=info.get("formulation"),
     )
 
 
@@ -412,8 +411,10 @@ class _JsonCache:
 
 
 def _key(what: str, dev_name: str, cfg: LatencyCfg, batch: int, cl: bool) -> str:
+    # `ortshift1`: ONNX Runtime entries from before the shift formulations are timed again.
+    backend = cfg.backend + ("|ortshift1" if cfg.backend == "onnxruntime" else "")
     return "|".join([what, dev_name, cfg.dtype, f"b{batch}", f"torch{torch.__version__}",
-                     cfg.backend, f"cl{int(cl)}", f"fold{int(cfg.fold_bn)}"])
+                     backend, f"cl{int(cl)}", f"fold{int(cfg.fold_bn)}"])
 
 
 # ----------------------------------------------------------------------------

@@ -8,12 +8,19 @@ stems and network), followed by a generated `create_model()` whose block
 arguments come from the same `block_args` the builder uses. So the exported
 network is the builder's network, and its state dict loads either way with
 ``strict=True``.
+
+`export_arch(..., onnx=True)` writes `model.onnx` with each shift in the ONNX
+formulation timed fastest for its shape in ONNX Runtime on this machine
+(`evaluators.onnx_shift`): where that is a `shiftnas` custom op, the op library,
+its source and `ORT_CUSTOM_OPS.md` (how to register it) go next to it, and
+`model-standard.onnx` holds the same network in standard operators only.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import copy
 import importlib.util
 import inspect
 import io
@@ -32,10 +39,13 @@ from shiftnas.kernels import portable
 from shiftnas.searchspace import BLOCKS, NetCfg, block_args, decode_net, save_arch, validate
 from shiftnas.searchspace import blocks as blocks_module
 
-__all__ = ["export_code", "export_arch", "export_onnx", "export_trial", "EXPORT_FILES"]
+__all__ = ["export_code", "export_arch", "export_onnx", "export_onnx_fastest", "export_trial",
+           "EXPORT_FILES"]
 
 # Every file an export may write; an export replaces the whole set.
-EXPORT_FILES = ("model.py", "arch.yaml", "weights.pt", "model.onnx", "model.onnx.data")
+EXPORT_FILES = ("model.py", "arch.yaml", "weights.pt", "model.onnx", "model.onnx.data",
+                "model-standard.onnx", "libshiftnas_ort.so", "shiftnas_ort_ops.cpp",
+                "ORT_CUSTOM_OPS.md")
 SPEC_URL = "docs/spec.md in the shiftnas repository"
 _IMPORTS = """from __future__ import annotations
 
@@ -210,10 +220,56 @@ def export_onnx(model: torch.nn.Module, path: str | Path, in_chans: int, input_s
     return path
 
 
+def export_onnx_fastest(model: torch.nn.Module, out_dir: str | Path, in_chans: int,
+                        input_size: int) -> dict[str, str]:
+    """Write `model.onnx` with every shift in its fastest ONNX Runtime formulation (batch 1,
+    one thread, as the latency evaluator times it) into `out_dir`.
+
+    When that uses the `shiftnas` custom ops, `model-standard.onnx` (the best standard
+    formulation of each shift), the op library, its source and `ORT_CUSTOM_OPS.md` are
+    written too. Returns the files written, by kind. Needs the TorchScript exporter.
+    """
+    import onnx
+
+    from shiftnas.evaluators import onnx_shift
+    from shiftnas.kernels import ort_ops
+    from shiftnas.searchspace import fold_bn
+
+    out = Path(out_dir)
+    x = torch.randn(1, in_chans, input_size, input_size)
+    folded = fold_bn(model.eval())  # the 1x1 convolutions a shift fuses into carry their BN
+
+    def lowered(custom: bool):
+        graph, markers = onnx_shift.export_markers(copy.deepcopy(folded), x, dynamic_batch=True)
+        sites = onnx_shift.sites(graph, markers)
+        picks = onnx_shift.choose(sites, 1, 1, custom) if sites else {}
+        return onnx_shift.lower(graph, markers, picks), picks
+
+    try:
+        custom = ort_ops.available()
+        best, picks = lowered(custom)
+        names = {"onnx": "model.onnx"}
+        if any(p in onnx_shift.CUSTOM for p in picks.values()):
+            names["onnx_standard"] = "model-standard.onnx"
+            onnx.save_model(lowered(False)[0], str(out / names["onnx_standard"]))
+            for kind, f in zip(("ort_library", "ort_source", "ort_readme"),
+                               ort_ops.write_deploy_files(out)):
+                names[kind] = f.name
+        onnx.save_model(best, str(out / names["onnx"]))
+    except Exception as exc:
+        raise ConfigError(f"ONNX export to {out} failed: {type(exc).__name__}: {exc}") from exc
+    return names
+
+
 def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None = None, *,
                 weights: str | Path | None = None, onnx: bool = False,
                 exporter: str = "auto") -> dict[str, Path]:
     """Write `model.py`, `arch.yaml`, [`weights.pt`] and [`model.onnx`] into `out_dir`.
+
+    `exporter` ``auto`` writes each shift in its fastest ONNX Runtime formulation
+    (`export_onnx_fastest`: custom ops with their library where they win, plus
+    `model-standard.onnx`); ``dynamo`` or ``torchscript`` writes `export_onnx`'s
+    standard operators (Pad/Slice/Concat, MatMul) with that exporter.
 
     The set replaces any earlier export in `out_dir`: the files are made in a
     temporary folder, then moved in, and earlier export files that this export
@@ -243,8 +299,11 @@ def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None
                 except RuntimeError as exc:
                     raise ConfigError(f"weights {weights} do not fit the architecture: "
                                       f"{exc}") from None
-            names["onnx"] = export_onnx(model, tmp / "model.onnx", net.in_chans,
-                                        net.input_size, exporter).name
+            if exporter == "auto" and _has_torchscript_exporter():
+                names.update(export_onnx_fastest(model, tmp, net.in_chans, net.input_size))
+            else:
+                names["onnx"] = export_onnx(model, tmp / "model.onnx", net.in_chans,
+                                            net.input_size, exporter).name
         for old in EXPORT_FILES:
             if old not in names.values() and (out / old).exists():
                 (out / old).unlink()
@@ -253,6 +312,15 @@ def export_arch(net: NetCfg, out_dir: str | Path, metrics: dict[str, Any] | None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {kind: out / name for kind, name in names.items()}
+
+
+def _has_torchscript_exporter() -> bool:
+    """Whether this torch still has the TorchScript ONNX exporter (the marker export needs it)."""
+    try:
+        from torch.onnx import register_custom_op_symbolic  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def export_trial(run, trial, out_dir: str | Path, *, onnx: bool = False) -> dict[str, Path]:

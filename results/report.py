@@ -91,14 +91,34 @@ def budget_summary(run: Run) -> dict[str, Any]:
     }
 
 
-def _md_table(front: Front) -> list[str]:
+def _md_table(front: Front, measured_with: dict[int, str] | None = None) -> list[str]:
     cols = _columns(front)
-    out = ["| trial | " + " | ".join(cols) + " | architecture |",
-           "|---:|" + "---:|" * len(cols) + "---|"]
+    extra = ["latency measured with"] if measured_with else []
+    out = ["| trial | " + " | ".join(cols + extra) + " | architecture |",
+           "|---:|" + "---:|" * len(cols) + "---|" * len(extra) + "---|"]
     for r in front_rows(front):
         arch = r["arch"].replace("|", "\\|")  # GFM tables split cells on | even in code
-        out.append(f"| {r['trial']} | " + " | ".join(_fmt(r[c], c) for c in cols)
-                   + f" | `{arch}` |")
+        cells = [_fmt(r[c], c) for c in cols] + ([measured_with.get(r["trial"], "-")]
+                                                  if measured_with else [])
+        out.append(f"| {r['trial']} | " + " | ".join(cells) + f" | `{arch}` |")
+    return out
+
+
+def _measured_with(run: Run, front: Front) -> dict[int, str]:
+    """Per front trial with a latency: the runtime and the shift formulation it was timed with."""
+    latency = run.meta.budget.get("latency") if isinstance(run.meta.budget, dict) else None
+    if not latency or not any(t.metric("latency_ms") is not None for t in front.trials):
+        return {}
+    from shiftnas.evaluators.onnx_shift import describe
+    from shiftnas.searchspace import decode_net
+
+    out = {}
+    for t in front.trials:
+        if t.arch and t.metric("latency_ms") is not None:
+            try:
+                out[t.number] = describe(decode_net(t.arch), latency)
+            except Exception as exc:  # a report never fails on this column
+                out[t.number] = f"? ({type(exc).__name__})"
     return out
 
 
@@ -189,7 +209,7 @@ def write_report(run_dir: str | Path | Run, out_dir: str | Path | None = None,
           f"trials)", "",
           "Only feasible complete trials compete; pruned trials (partial accuracy) are drawn "
           "but not on the front, and a duplicate architecture counts once.", "",
-          *_md_table(front), ""]
+          *_md_table(front, _measured_with(run, front)), ""]
     if front.hypervolume is not None:
         ref = ", ".join(f"{o.name} = {v:.6g}" for o, v in zip(front.objectives, front.reference))
         default = " (default: per objective the worst feasible value plus 10% of the range)" \

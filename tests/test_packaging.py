@@ -44,6 +44,7 @@ def test_wheel_installs_only_the_shiftnas_package(wheel):
         assert f"shiftnas/{sub}/__init__.py" in names
     assert "shiftnas/searchspace/spaces/cifar_shift.yaml" in names
     assert "shiftnas/kernels/_cpu_shift.cpp" in names  # the CPU kernel's source, built on first use
+    assert "shiftnas/kernels/_ort_shift.cpp" in names  # the ONNX Runtime custom ops' source, too
     assert "shiftnas/errors.py" in names and "shiftnas/config.py" in names
     assert "shiftnas/record/store.py" in names  # the record, a package of the base
     (meta,) = dist_info

@@ -203,7 +203,7 @@ def test_export_arch_writes_files_and_onnx_matches(tmp_path, exporter):
     _randomise(model, 3)
     torch.save(model.state_dict(), tmp_path / "w.pt")
     paths = export_arch(net, tmp_path / "out", {"accuracy": 0.7}, weights=tmp_path / "w.pt",
-                        onnx=True, exporter=exporter)
+                        onnx=True, exporter=exporter)  # a named exporter: standard operators
     assert set(paths) == {"model", "arch", "weights", "onnx"}
     assert "accuracy" in paths["arch"].read_text()
     x = torch.randn(3, 3, 16, 16)
@@ -218,3 +218,38 @@ def test_export_arch_writes_files_and_onnx_matches(tmp_path, exporter):
     ops = {n.op_type for n in onnx.load(str(paths["onnx"])).graph.node}
     assert {"Pad", "Slice", "Concat", "MatMul"} <= ops  # standard operators only
     assert all(n.domain in ("", "ai.onnx") for n in onnx.load(str(paths["onnx"])).graph.node)
+
+
+def test_export_arch_fastest_onnx_with_custom_ops_and_a_standard_twin(tmp_path, monkeypatch):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from shiftnas.kernels import ort_ops
+
+    if not ort_ops.available():
+        pytest.skip("needs a C++ compiler for the custom ops")
+    arch = ("cifar-conv3x3-w16-c3-n10-i13|24:csc-fixed-8c-e2-s1,bottleneck3-sparse-4c-grid-multi-e1-s1"
+            "|32:csc-active-8c-grid-e1-s2-dshift,csc-fixed-8c-e1-s1|48:csc-fixed-4c-e1-s2-dconv")
+    net = decode_net(arch)
+    model = build_model(net)
+    _randomise(model, 5)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    # The fused custom op for every site, as a machine where it wins would choose (on this
+    # one the timing may pick a standard formulation), so that every file is written.
+    from shiftnas.evaluators import onnx_shift
+
+    monkeypatch.setattr(onnx_shift, "choose", lambda sites, batch, threads, custom: {
+        i: "fused" if custom else "dwconv" for i in sites})
+    paths = export_arch(net, tmp_path / "out", weights=tmp_path / "w.pt", onnx=True)
+    assert {"onnx", "onnx_standard", "ort_library", "ort_source", "ort_readme"} <= set(paths)
+    assert "register_custom_ops_library" in paths["ort_readme"].read_text()
+    x = torch.randn(3, 3, 13, 13)
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(str(paths["ort_library"]))
+    for key, opts in (("onnx", so), ("onnx_standard", ort.SessionOptions())):
+        nodes = onnx.load(str(paths[key])).graph.node
+        assert any(n.domain == "shiftnas" for n in nodes) == (key == "onnx")
+        (out,) = ort.InferenceSession(str(paths[key]), opts).run(None, {"input": x.numpy()})
+        torch.testing.assert_close(torch.from_numpy(out), torch.from_numpy(ref), rtol=1e-4,
+                                   atol=1e-4 * max(1.0, abs(ref).max()))
