@@ -64,9 +64,14 @@ TWO_PASS = "two-pass"  # the candidate name of the unfused form (shift, then cuD
 
 
 def _dw_tiles(interpret: bool = INTERPRET) -> tuple[int, int, int]:
-    """Fixed dW tiles (not autotuned): the split of the pixel reduction into
-    partials decides the bits of dW, so it must not change between runs."""
-    return (32, 32, 32) if interpret else (64, 64, 64)
+    """Fixed dW tiles `(BLOCK_O, BLOCK_K, BLOCK_M)` (not autotuned): the split of the pixel
+    reduction into partials decides the bits of dW, so it must not change between runs.
+
+    64 x 32 x 64, 4 warps: 72 registers and no spills for sm_90a in bf16; the
+    64 x 64 x 64 tile it replaces took 255 registers and spilled 308 bytes per
+    thread (ptxas, triton 3.9), from the shifted B tile held in registers.
+    """
+    return (32, 32, 32) if interpret else (64, 32, 64)
 
 
 _DW_BLOCK_O, _DW_BLOCK_K, _DW_BLOCK_M = _dw_tiles()
@@ -74,20 +79,21 @@ _DW_TARGET_PROGRAMS = 512  # enough programs to fill a GPU; a constant, so dW's 
 
 
 def _gemm_configs(interpret: bool = INTERPRET) -> list[dict]:
-    """Forward tiles `(BLOCK_M, BLOCK_N, BLOCK_K)`, warps, stages. Predicted, not yet measured:
+    """Forward tiles `(BLOCK_M, BLOCK_N, BLOCK_K)`, warps, stages. Predicted, not yet measured
+    (registers: ptxas for sm_90a, bf16, plain / with the block path's prologue and epilogue):
 
-    - 128 x 64 x 64, 4 warps: C_out <= 64 (one N tile: every A tile is read
-      once); one warpgroup, M = 128 as two wgmma m64 rows;
-    - 128 x 128 x 64, 8 warps: C_out = 128, and the memory-bound wide layers;
-    - 128 x 256 x 64, 8 warps, 3 stages: C_out >= 256, where the GEMM is
-      compute-bound (64x512x14x14: 6.6 GFLOP over 26 MB); the widest wgmma
-      N keeps the A re-reads from L2 at C_out / 256;
-    - 64 x 64 x 32, 4 warps: small M (batch-1 inference, 1024 rows = 16
+    - 128 x 64 x 32, 4 warps: C_out <= 64 (one N tile: every A tile is read
+      once); 157 / 203 registers. K = 64 took 255 and spilled.
+    - 128 x 128 x 32, 8 warps: C_out = 128; 127 / 171 registers.
+    - 64 x 256 x 32, 8 warps: C_out >= 256, where the GEMM is compute-bound
+      (64x512x14x14: 6.6 GFLOP over 26 MB) and the widest wgmma N halves the
+      A re-reads from L2; 127 / 168 registers (128 x 256 spilled with the prologue).
+    - 64 x 64 x 32, 4 warps: small M (batch-1 inference: 1024 rows are 16
       programs at 64 rows, 8 at 128), where filling the SMs beats tile efficiency.
     """
     if interpret:
         return [{"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1}]
-    shapes = [(128, 64, 64, 4, 3), (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (64, 64, 32, 4, 3)]
+    shapes = [(128, 64, 32, 4, 3), (128, 128, 32, 8, 3), (64, 256, 32, 8, 3), (64, 64, 32, 4, 3)]
     return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "num_warps": w, "num_stages": s}
             for m, n, k, w, s in shapes]
 
@@ -95,17 +101,18 @@ def _gemm_configs(interpret: bool = INTERPRET) -> list[dict]:
 def _dx_configs(interpret: bool = INTERPRET) -> list[dict]:
     """dx tiles `(BLOCK_M, BLOCK_N, BLOCK_O)`: pixels, channels of one group, reduction. Predicted:
 
-    - 128 x 16 x 64: groups of <= 16 channels (8c at C <= 144, 4c at C <= 80,
-      every 5x5 layer up to 400): a wider N tile would be mostly padding;
-    - 64 x 64 x 64: groups of ~56 (8c at C = 512): N = 64 pads 56 to 64
-      (1.14x), and 64 rows keep the program's g rows (64 x C_out) in L1 for
-      the next group's reads;
+    - 128 x 16 x 64, 4 warps, no pipelining: groups of <= 16 channels (8c at
+      C <= 144, every 5x5 layer up to 400); unpipelined, g's rows come in
+      through L1 (`LDG.E.128`, where `cp.async` would bypass it), so the
+      other groups' reads of the same rows hit L1 (211 registers, no spills);
+    - 64 x 64 x 64, 8 warps: groups of ~56 channels (8c at C = 512): N = 64
+      pads 56 to 64 (1.14x MMA), 122 registers;
     - and the two-pass form (cuDNN 1x1 transpose, then the shift), where G
       groups re-reading g cost more than writing and reading g @ W once.
     """
     if interpret:
         return [{"BLOCK_M": 32, "BLOCK_N": 16, "BLOCK_O": 16, "num_warps": 4, "num_stages": 1}]
-    shapes = [(128, 16, 64, 4, 2), (64, 64, 64, 4, 2)]
+    shapes = [(128, 16, 64, 4, 1), (64, 64, 64, 8, 2)]
     return [{"BLOCK_M": m, "BLOCK_N": n, "BLOCK_O": o, "num_warps": w, "num_stages": s}
             for m, n, o, w, s in shapes]
 
@@ -210,11 +217,16 @@ def _shift_conv1x1_dw_kernel(
     M, C_in, C_out, H, W, Ho, Wo, M_PER_SPLIT,
     sxn, sxc, sxh, sxw,
     sgn, sgc, sgh, sgw,
-    STRIDE: tl.constexpr, GPC: tl.constexpr, VEC: tl.constexpr,
+    STRIDE: tl.constexpr, GPC: tl.constexpr, VEC: tl.constexpr, SHIFTED_A: tl.constexpr,
     DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """part[split, o, k] = sum over this split's pixels m of g[m, o] * shift(x)[m, k]."""
+    """part[split, o, k] = sum over this split's pixels m of g[m, o] * shift(x)[m, k].
+
+    `g^T @ shift(x)`, a BLOCK_O x BLOCK_K tile (wgmma's 64 rows are output
+    channels); with SHIFTED_A, `shift(x)^T @ g` instead, the form that fp32
+    needs: Triton 3.9's dot-operand pass fails on the other with a TF32 dot.
+    """
     pid_k = tl.program_id(0)
     pid_o = tl.program_id(1)
     pid_s = tl.program_id(2)
@@ -224,24 +236,39 @@ def _shift_conv1x1_dw_kernel(
     hw = Ho * Wo
     m_lo = pid_s * M_PER_SPLIT
     m_hi = tl.minimum(m_lo + M_PER_SPLIT, M)
-    acc = tl.zeros([BLOCK_O, BLOCK_K], dtype=tl.float32)
+    if SHIFTED_A:
+        acc = tl.zeros([BLOCK_K, BLOCK_O], dtype=tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_O, BLOCK_K], dtype=tl.float32)
     for m0 in range(m_lo, m_hi, BLOCK_M):
         m = m0 + tl.arange(0, BLOCK_M)
         m_ok = m < m_hi
         nb = (m // hw).to(tl.int64)
         i = (m % hw) // Wo
         j = m % Wo
-        gt = tl.load(g_ptr + (nb * sgn + i * sgh + j * sgw)[None, :] + o[:, None] * sgc,
-                     mask=o_ok[:, None] & m_ok[None, :], other=0.0)
+        g_row = nb * sgn + i * sgh + j * sgw
         xs = _shifted_tile(x_ptr, gid_ptr, goff_ptr, x_ptr, x_ptr + nb * sxn, i * STRIDE, j * STRIDE,
                            m_ok, k0, C_in, H, W, sxc, sxh, sxw, GPC, False, BLOCK_M, BLOCK_K, VEC)
-        if UPCAST:
-            gt = gt.to(tl.float32)
-            xs = xs.to(tl.float32)
-        acc = tl.dot(gt, xs, acc, input_precision=DOT_PRECISION)
+        if SHIFTED_A:
+            gm = tl.load(g_ptr + g_row[:, None] + o[None, :] * sgc, mask=m_ok[:, None] & o_ok[None, :],
+                         other=0.0)
+            if UPCAST:
+                gm = gm.to(tl.float32)
+                xs = xs.to(tl.float32)
+            acc = tl.dot(tl.trans(xs), gm, acc, input_precision=DOT_PRECISION)
+        else:
+            gt = tl.load(g_ptr + g_row[None, :] + o[:, None] * sgc, mask=o_ok[:, None] & m_ok[None, :],
+                         other=0.0)
+            if UPCAST:
+                gt = gt.to(tl.float32)
+                xs = xs.to(tl.float32)
+            acc = tl.dot(gt, xs, acc, input_precision=DOT_PRECISION)
     k = k0 + tl.arange(0, BLOCK_K)
-    out = part_ptr + pid_s * C_out * C_in + o[:, None] * C_in + k[None, :]
-    tl.store(out, acc, mask=o_ok[:, None] & (k < C_in)[None, :])
+    out = part_ptr + pid_s * C_out * C_in
+    if SHIFTED_A:
+        tl.store(out + o[None, :] * C_in + k[:, None], acc, mask=o_ok[None, :] & (k < C_in)[:, None])
+    else:
+        tl.store(out + o[:, None] * C_in + k[None, :], acc, mask=o_ok[:, None] & (k < C_in)[None, :])
 
 
 @triton.jit
@@ -424,7 +451,7 @@ def shift_conv1x1_dweight(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride:
             x, g, tables.gid, tables.offsets, part,
             m, c_in, c_out, h, w, ho, wo, m_per_split,
             *x.stride(), *g.stride(),
-            STRIDE=stride, GPC=tables.per_chunk, VEC=vec,
+            STRIDE=stride, GPC=tables.per_chunk, VEC=vec, SHIFTED_A=x.dtype == torch.float32,
             BLOCK_O=_DW_BLOCK_O, BLOCK_K=_DW_BLOCK_K, BLOCK_M=_DW_BLOCK_M, **_dot_meta(x.dtype),
         )
     else:

@@ -129,23 +129,69 @@ class GroupTables:
     groups: int
 
 
-def chunk_groups(plan: tuple[ShiftGroup, ...], lanes: int) -> int:
-    """The most groups that one chunk `[q*lanes, (q+1)*lanes)` of channels meets."""
-    channels = plan[-1].c1
-    gid = [0] * channels
+def channel_groups(plan: tuple[ShiftGroup, ...]) -> list[int]:
+    gid = [0] * plan[-1].c1
     for g, grp in enumerate(plan):
         gid[grp.c0:grp.c1] = [g] * (grp.c1 - grp.c0)
-    return max(gid[min(q + lanes, channels) - 1] - gid[q] + 1 for q in range(0, channels, lanes))
+    return gid
+
+
+def chunk_groups(plan: tuple[ShiftGroup, ...], lanes: int) -> int:
+    """The most groups that one chunk `[q*lanes, (q+1)*lanes)` of channels meets."""
+    gid = channel_groups(plan)
+    return max(gid[min(q + lanes, len(gid)) - 1] - gid[q] + 1 for q in range(0, len(gid), lanes))
 
 
 @functools.lru_cache(maxsize=256)
 def group_tables(plan: tuple[ShiftGroup, ...], device: torch.device, lanes: int,
                  sign: int = 1) -> GroupTables:
-    gid = torch.empty(plan[-1].c1, dtype=torch.int32)
-    for g, grp in enumerate(plan):
-        gid[grp.c0:grp.c1] = g
+    gid = torch.tensor(channel_groups(plan), dtype=torch.int32)
     offsets = torch.tensor([[sign * g.dy, sign * g.dx] for g in plan], dtype=torch.int32)
     return GroupTables(gid.to(device), offsets.to(device), chunk_groups(plan, lanes), len(plan))
+
+
+WORD_BYTES = 4  # the channels-last shift moves 32-bit words
+WORDS = VECTOR_BYTES // WORD_BYTES  # words per 16-byte chunk
+
+
+@dataclass(frozen=True)
+class WordTables:
+    """A plan as `_shift_cl_kernel` reads it: channels packed into 32-bit words (1 fp32 or 2 bf16).
+
+    Chunk q is words `[4q, 4q + 4)` (16 bytes). `first[q]` / `last[q]`: the
+    first and last group its channels meet; `masks[k, w]`: the bits of word w
+    that belong to group `first[q] + k`; `offsets[g]`: (dy, dx) of group g.
+    """
+
+    first: torch.Tensor  # (Q,) int32
+    last: torch.Tensor  # (Q,) int32
+    masks: torch.Tensor  # (GPC, words) int32
+    offsets: torch.Tensor  # (G, 2) int32
+    per_chunk: int  # GPC
+    words: int
+
+
+@functools.lru_cache(maxsize=256)
+def word_tables(plan: tuple[ShiftGroup, ...], device: torch.device, element_bytes: int,
+                sign: int = 1) -> WordTables:
+    gid = channel_groups(plan)
+    per_word = WORD_BYTES // element_bytes
+    words = len(gid) // per_word
+    lanes = WORDS * per_word  # channels per chunk
+    first = [gid[c] for c in range(0, len(gid), lanes)]
+    last = [gid[min(c + lanes, len(gid)) - 1] for c in range(0, len(gid), lanes)]
+    gpc = max(b - a + 1 for a, b in zip(first, last))
+    masks = torch.zeros(gpc, words, dtype=torch.int64)
+    bits = 8 * element_bytes
+    for w in range(words):
+        q = w // WORDS
+        for e in range(per_word):
+            k = gid[w * per_word + e] - first[q]
+            masks[k, w] |= ((1 << bits) - 1) << (bits * e)  # little-endian: element e at bit 16e
+    masks = torch.where(masks >= 2**31, masks - 2**32, masks).to(torch.int32)
+    offsets = torch.tensor([[sign * g.dy, sign * g.dx] for g in plan], dtype=torch.int32)
+    t = lambda v: torch.tensor(v, dtype=torch.int32).to(device)  # noqa: E731
+    return WordTables(t(first), t(last), masks.to(device), offsets.to(device), gpc, words)
 
 
 def negate(plan: tuple[ShiftGroup, ...]) -> tuple[ShiftGroup, ...]:
@@ -158,18 +204,17 @@ def negate(plan: tuple[ShiftGroup, ...]) -> tuple[ShiftGroup, ...]:
 
 
 def _cl_configs(interpret: bool = INTERPRET) -> list[dict]:
-    """Channels-last tiles: `BLOCK_P` pixels x `BLOCK_C` channels, 4 warps.
+    """Channels-last tiles: `BLOCK_P` pixels x `BLOCK_C` 32-bit words of channels, 4 warps.
 
-    Predicted, not yet measured: every tile moves 8 KB of bf16 (enough bytes
-    in flight with ~8 programs per SM to cover HBM latency); the wider the
-    channel tile the fewer times the per-program group set-up is paid and the
-    longer each contiguous run, the taller the pixel tile the smaller the
-    share of border rows. 64 x 64 suits C = 64 (one program spans the whole
-    pixel), 32 x 128 and 16 x 256 the wider layers (C = 128 and C >= 256).
+    Predicted, not yet measured: 64 x 32 (8 KB: 64 bf16 channels, a whole
+    pixel of the C = 64 layers) and 32 x 64 (C = 128), each 56 registers and
+    ~420 SASS instructions per thread for 4 output vectors; 16 x 128 for the
+    wide layers (C >= 256). Every tile moves 8 KB, ~8 programs per SM keep
+    ~64 KB in flight (HBM latency x bandwidth per SM is ~36 KB).
     """
     if interpret:  # one config: the interpreter runs each program in numpy, so fewer is faster
-        return [{"BLOCK_P": 64, "BLOCK_C": 16, "num_warps": 4}]
-    return [{"BLOCK_P": p, "BLOCK_C": c, "num_warps": 4} for p, c in ((64, 64), (32, 128), (16, 256))]
+        return [{"BLOCK_P": 64, "BLOCK_C": 8, "num_warps": 4}]
+    return [{"BLOCK_P": p, "BLOCK_C": c, "num_warps": 4} for p, c in ((64, 32), (32, 64), (16, 128))]
 
 
 def _plane_tile(h: int, w: int, interpret: bool = INTERPRET) -> tuple[int, int, int]:
@@ -227,38 +272,41 @@ def _source(i, j, dy, dx, H_src, W_src, STRIDE: tl.constexpr, TRANSPOSE: tl.cons
 
 @triton.jit
 def _shift_cl_kernel(
-    x_ptr, y_ptr, gid_ptr, goff_ptr,
-    P, C, H_src, W_src, H_dst, W_dst,
+    x_ptr, y_ptr, first_ptr, last_ptr, mask_ptr, goff_ptr,
+    CW, H_src, W_src, H_dst, W_dst,
     sxn, sxh, sxw,
     syn, syh, syw,
     STRIDE: tl.constexpr, TRANSPOSE: tl.constexpr, GPC: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, VEC: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Channels-last (channel stride 1) shift of a `BLOCK_P` pixels x `BLOCK_C` channels tile.
+    """Channels-last shift of `BLOCK_P` pixels of one image x `BLOCK_C` words of channels.
 
-    The tile is `[pixels, chunks, lanes]`; a chunk is `VEC` channels (16 bytes).
-    For k < GPC: every chunk loads its whole 16 bytes at the offset of its k-th
-    group (masked off where it has none, or the source is outside the image),
-    and the lanes of that group keep the value.
+    `x` and `y` are (N, H, W, CW) int32 views: the kernel moves bytes, whatever
+    the dtype. The pixels are `BLOCK_P // BLOCK_W` rows of `BLOCK_W` (a power
+    of two), so a pixel's row and column are a shift and a mask, not a
+    division. The tile is `[pixels, chunks, 4 words]`: for k < GPC every
+    16-byte chunk is loaded whole at the offset of the k-th group it meets
+    (masked off where it has none, or the source is outside the image), and
+    the bits of that group's channels are kept (`val |= v & mask`).
     """
-    NCH: tl.constexpr = BLOCK_C // VEC
-    pid_p = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < P
-    hw = H_dst * W_dst
-    n = (p // hw).to(tl.int64)
-    i = (p % hw) // W_dst
-    j = p % W_dst
+    NCH: tl.constexpr = BLOCK_C // 4
+    BLOCK_H: tl.constexpr = BLOCK_P // BLOCK_W
+    pid_t = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    pid_c = tl.program_id(2)
+    tiles_w = tl.cdiv(W_dst, BLOCK_W)
+    q = tl.arange(0, BLOCK_P)
+    i = (pid_t // tiles_w) * BLOCK_H + q // BLOCK_W
+    j = (pid_t % tiles_w) * BLOCK_W + q % BLOCK_W
+    p_ok = (i < H_dst) & (j < W_dst)
     chunk = pid_c * NCH + tl.arange(0, NCH)
-    c = chunk[:, None] * VEC + tl.arange(0, VEC)[None, :]  # [NCH, VEC]
-    c_ok = c < C
-    # Once per program: each lane's group, each chunk's first and last group.
-    gid = tl.load(gid_ptr + c, mask=c_ok, other=-1)
-    g_first = tl.load(gid_ptr + chunk * VEC, mask=chunk * VEC < C, other=0)
-    g_last = tl.max(gid, axis=1)
-    x_row = x_ptr + n * sxn
-    val = tl.zeros([BLOCK_P, NCH, VEC], dtype=y_ptr.dtype.element_ty)
+    c = chunk[:, None] * 4 + tl.arange(0, 4)[None, :]  # [NCH, 4] words
+    c_ok = c < CW
+    ch_ok = chunk * 4 < CW
+    g_first = tl.load(first_ptr + chunk, mask=ch_ok, other=0)  # once per program, per chunk
+    g_last = tl.load(last_ptr + chunk, mask=ch_ok, other=-1)
+    x_img = x_ptr + n * sxn
+    val = tl.zeros([BLOCK_P, NCH, 4], dtype=tl.int32)
     for k in tl.static_range(GPC):
         g = g_first + k
         has = g <= g_last  # [NCH]
@@ -267,9 +315,13 @@ def _shift_cl_kernel(
         r, t, ok = _source(i[:, None], j[:, None], dy[None, :], dx[None, :], H_src, W_src,
                            STRIDE, TRANSPOSE)
         ok = ok & p_ok[:, None] & has[None, :]  # [BLOCK_P, NCH]: one mask per 16-byte chunk
-        src = x_row[:, None] + r * sxh + t * sxw
-        v = tl.load(src[:, :, None] + c[None, :, :], mask=ok[:, :, None] & c_ok[None, :, :], other=0.0)
-        val = tl.where((gid == g[:, None])[None, :, :], v, val)
+        src = x_img + r * sxh + t * sxw
+        v = tl.load(src[:, :, None] + c[None, :, :], mask=ok[:, :, None] & c_ok[None, :, :], other=0)
+        if GPC == 1:
+            val = v
+        else:
+            bits = tl.load(mask_ptr + k * CW + c, mask=c_ok, other=0)
+            val = val | (v & bits[None, :, :])
     dst = y_ptr + n * syn + i * syh + j * syw
     tl.store(dst[:, None, None] + c[None, :, :], val, mask=p_ok[:, None, None] & c_ok[None, :, :])
 
@@ -344,31 +396,44 @@ def _dst_hw(x: torch.Tensor, stride: int, transpose: bool, hw: tuple[int, int] |
     return hw
 
 
-def launch_cl_shift(x: torch.Tensor, y: torch.Tensor, tables: GroupTables, stride: int,
+def cl_tile_width(w: int, block_p: int) -> int:
+    """Pixels per tile row: the map's width rounded up to a power of two, at most `block_p`."""
+    return min(block_p, triton.next_power_of_2(max(w, 1)))
+
+
+def launch_cl_shift(x: torch.Tensor, y: torch.Tensor, tables: WordTables, stride: int,
                     transpose: bool, config: dict | None = None) -> None:
-    """Run `_shift_cl_kernel` from channels-last `x` into channels-last `y` (one config, or tuned)."""
+    """Run `_shift_cl_kernel` from channels-last `x` into channels-last `y` (one config, or tuned).
+
+    Both are moved as int32 words: `words_ok(x)` must hold.
+    """
     n, c, h_src, w_src = x.shape
     h_dst, w_dst = y.shape[-2:]
-    p = n * h_dst * w_dst
-    vec = vector_lanes(x.dtype)
+    xw = x.permute(0, 2, 3, 1).view(torch.int32)  # (N, H, W, CW), no copy
+    yw = y.permute(0, 2, 3, 1).view(torch.int32)
 
     def run(cfg: dict) -> None:
-        block_c = max(cfg["BLOCK_C"], vec)
-        grid = (triton.cdiv(p, cfg["BLOCK_P"]), triton.cdiv(c, block_c))
+        bw = cl_tile_width(w_dst, cfg["BLOCK_P"])
+        tiles = triton.cdiv(h_dst, cfg["BLOCK_P"] // bw) * triton.cdiv(w_dst, bw)
         _autotune.launch(
-            _shift_cl_kernel, grid,
-            x, y, tables.gid, tables.offsets,
-            p, c, h_src, w_src, h_dst, w_dst,
-            x.stride(0), x.stride(2), x.stride(3), y.stride(0), y.stride(2), y.stride(3),
+            _shift_cl_kernel, (tiles, n, triton.cdiv(tables.words, cfg["BLOCK_C"])),
+            xw, yw, tables.first, tables.last, tables.masks, tables.offsets,
+            tables.words, h_src, w_src, h_dst, w_dst,
+            xw.stride(0), xw.stride(1), xw.stride(2), yw.stride(0), yw.stride(1), yw.stride(2),
             STRIDE=stride, TRANSPOSE=transpose, GPC=tables.per_chunk,
-            BLOCK_P=cfg["BLOCK_P"], BLOCK_C=block_c, VEC=vec, num_warps=cfg["num_warps"],
+            BLOCK_P=cfg["BLOCK_P"], BLOCK_W=bw, BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
         )
 
     configs = {config_name(cfg): cfg for cfg in ([config] if config else _cl_configs())}
-    key = _autotune.shape_class("shift_cl", p, c=c, stride=stride, transpose=transpose,
-                                dtype=x.dtype, gpc=tables.per_chunk)
+    key = _autotune.shape_class("shift_cl", n * h_dst * w_dst, bytes=c * x.element_size(), h=h_dst,
+                                w=w_dst, stride=stride, transpose=transpose, gpc=tables.per_chunk)
     best = _autotune.choose(key, {k: functools.partial(run, v) for k, v in configs.items()}, x.device)
     run(configs[best])
+
+
+def words_ok(x: torch.Tensor) -> bool:
+    """Channels-last with a pixel's channels a whole number of 32-bit words (even C in bf16)."""
+    return is_channels_last(x) and (x.shape[1] * x.element_size()) % WORD_BYTES == 0
 
 
 def config_name(cfg: dict) -> str:
@@ -437,8 +502,8 @@ def shift_plan_apply(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride: int,
     y = alloc((n, c, h_dst, w_dst), x, channels_last=is_channels_last(x))
     if y.numel() == 0:
         return y
-    if is_channels_last(x):
-        launch_cl_shift(x, y, group_tables(plan, x.device, vector_lanes(x.dtype)), stride, transpose)
+    if words_ok(x):
+        launch_cl_shift(x, y, word_tables(plan, x.device, x.element_size()), stride, transpose)
     elif _plane_ready(x):
         _launch_plane(x, y, plan_offsets(plan, x.device), stride, transpose)
     else:
