@@ -545,7 +545,9 @@ def shift_conv1x1_block(h: torch.Tensor, plan: tuple[ShiftGroup, ...], stride: i
     output without its bias). No autograd: call it under `torch.no_grad()`.
     """
     h, weight = autocast_conv_args(h, weight)
-    if residual is not None:
-        residual = residual.to(h.dtype)
+    if residual is not None and residual.dtype != h.dtype:
+        # Under autocast the eager block adds a bf16 branch to an fp32 shortcut, in fp32.
+        y = shift_conv1x1_forward(h, plan, stride, weight, in_bias=in_bias, bias=bias, relu=relu)
+        return y + residual
     return shift_conv1x1_forward(h, plan, stride, weight, in_bias=in_bias, bias=bias, relu=relu,
                                  residual=residual)
