@@ -32,12 +32,13 @@ tile size, and some candidates are two-kernel strategies, not configs).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,20 +304,38 @@ def choose(key: str, candidates: Mapping[str, Callable[[], object]], device: tor
     return best
 
 
+_EXACT: dict[tuple, str] = {}  # exact launch signature -> choice, this process
+
+
+def pick(exact: tuple, key: Callable[[], str], names: Sequence[str], run: Callable[[str], object],
+         device: torch.device) -> str:
+    """`choose` for one launch, remembered per exact signature (`exact`: shapes, strides, dtype ...).
+
+    A repeated launch costs one dict lookup instead of building the shape class
+    and the candidates (tens of microseconds of Python per call otherwise).
+    `key` builds the shape class; `run(name)` runs one candidate.
+    """
+    name = _EXACT.get(exact)
+    if name is None:
+        name = choose(key(), {n: functools.partial(run, n) for n in names}, device)
+        if device.type != "cuda" or not torch.cuda.is_current_stream_capturing():
+            _EXACT[exact] = name  # (a choice made during a capture was not timed: not kept)
+    return name
+
+
 @contextlib.contextmanager
 def forget_memory() -> Iterator[None]:
     """Tests: run the block with this process's in-memory choices cleared and restored after."""
-    saved, files = dict(_MEMORY), dict(_FILES)
-    _MEMORY.clear()
-    _FILES.clear()
+    saved, files, exact = dict(_MEMORY), dict(_FILES), dict(_EXACT)
+    for d in (_MEMORY, _FILES, _EXACT):
+        d.clear()
     try:
         yield
     finally:
-        _MEMORY.clear()
-        _MEMORY.update(saved)
-        _FILES.clear()
-        _FILES.update(files)
+        for d, old in ((_MEMORY, saved), (_FILES, files), (_EXACT, exact)):
+            d.clear()
+            d.update(old)
 
 
 __all__ = ["CompileTimer", "Stats", "bucket", "choice_file", "choose", "compile_seconds", "launch",
-           "shape_class", "stats"]
+           "pick", "shape_class", "stats"]

@@ -10,8 +10,6 @@ and the `dtheta` kernel for its straight-through gradient.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -54,19 +52,25 @@ def _active_configs(interpret: bool = INTERPRET, channels_last: bool | None = No
     return [{"BLOCK_C": c, "BLOCK_P": p, "num_warps": 4} for c, p in tiles]
 
 
+_ACTIVE_CONFIGS = {cl: {config_name(c): c for c in _active_configs(channels_last=cl)}
+                   for cl in (False, True)}
+
+
 def _launch_tuned(kernel, op: str, x: torch.Tensor, c: int, p: int, n: int, stride: int,
                   args: tuple) -> None:
     """Launch `kernel` over (pixels, channels, batch) with the config the bounded autotuner keeps."""
-    configs = {config_name(cfg): cfg for cfg in _active_configs(channels_last=is_channels_last(x))}
+    configs = _ACTIVE_CONFIGS[is_channels_last(x)]
 
-    def run(cfg: dict) -> None:
+    def run(name: str) -> None:
+        cfg = configs[name]
         grid = (triton.cdiv(p, cfg["BLOCK_P"]), triton.cdiv(c, cfg["BLOCK_C"]), n)
         _autotune.launch(kernel, grid, *args, BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"],
                          STRIDE=stride, num_warps=cfg["num_warps"])
 
-    key = _autotune.shape_class(op, n * p, c=c, stride=stride, dtype=x.dtype, layout=layout_name(x))
-    best = _autotune.choose(key, {k: functools.partial(run, v) for k, v in configs.items()}, x.device)
-    run(configs[best])
+    run(_autotune.pick(
+        (op, x.shape, x.stride(), x.dtype, x.device, stride),
+        lambda: _autotune.shape_class(op, n * p, c=c, stride=stride, dtype=x.dtype, layout=layout_name(x)),
+        list(configs), run, x.device))
 
 
 @triton.jit

@@ -117,6 +117,10 @@ def _dx_configs(interpret: bool = INTERPRET) -> list[dict]:
             for m, n, o, w, s in shapes]
 
 
+_GEMM_CONFIGS = {config_name(c): c for c in _gemm_configs()}
+_DX_CONFIGS = {config_name(c): c for c in _dx_configs()}
+
+
 # ----------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------
@@ -421,14 +425,19 @@ def shift_conv1x1_forward(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride:
         )
         return y
 
-    candidates = {config_name(c): functools.partial(fused, c) for c in _gemm_configs()}
-    candidates[TWO_PASS] = lambda: _two_pass_forward(x, plan, stride, weight, in_bias, bias, relu,
-                                                     residual)
+    def run(name: str) -> torch.Tensor:
+        if name == TWO_PASS:
+            return _two_pass_forward(x, plan, stride, weight, in_bias, bias, relu, residual)
+        return fused(_GEMM_CONFIGS[name])
+
     if config is None:
-        key = _tune_key("fused_fwd", m, x, c_out, stride, plan, in_bias=in_bias is not None,
-                        bias=bias is not None, relu=relu, res=residual is not None)
-        config = _autotune.choose(key, candidates, x.device)
-    return candidates[config]()
+        flags = (in_bias is not None, bias is not None, relu, residual is not None)
+        config = _autotune.pick(
+            ("fused_fwd", x.shape, x.stride(), x.dtype, x.device, c_out, plan, stride, flags),
+            lambda: _tune_key("fused_fwd", m, x, c_out, stride, plan, in_bias=flags[0], bias=flags[1],
+                              relu=relu, res=flags[3]),
+            [*_GEMM_CONFIGS, TWO_PASS], run, x.device)
+    return run(config)
 
 
 def shift_conv1x1_dweight(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride: int,
@@ -497,14 +506,18 @@ def shift_conv1x1_dinput(g: torch.Tensor, plan: tuple[ShiftGroup, ...], stride: 
         return alloc((n, c_in, h, w), g, channels_last=is_channels_last(g))
     if c_out == 0:
         return alloc((n, c_in, h, w), g, channels_last=is_channels_last(g)).zero_()
-    candidates = {config_name(c): functools.partial(fused, c) for c in _dx_configs()}
-    candidates[TWO_PASS] = two_pass
+
+    def run(name: str) -> torch.Tensor:
+        return two_pass() if name == TWO_PASS else fused(_DX_CONFIGS[name])
+
     if config is None:
-        key = _autotune.shape_class("fused_dx", m, c_in=c_in, c_out=c_out, stride=stride,
-                                    dtype=g.dtype, layout=layout_name(g), groups=len(plan),
-                                    widest=max(p.c1 - p.c0 for p in plan))
-        config = _autotune.choose(key, candidates, g.device)
-    return candidates[config]()
+        config = _autotune.pick(
+            ("fused_dx", g.shape, g.stride(), g.dtype, g.device, c_in, plan, stride, hw),
+            lambda: _autotune.shape_class("fused_dx", m, c_in=c_in, c_out=c_out, stride=stride,
+                                          dtype=g.dtype, layout=layout_name(g), groups=len(plan),
+                                          widest=max(p.c1 - p.c0 for p in plan)),
+            [*_DX_CONFIGS, TWO_PASS], run, g.device)
+    return run(config)
 
 
 class _ShiftConv1x1Fn(torch.autograd.Function):

@@ -86,6 +86,7 @@ def check_stride(stride: int) -> None:
         raise ValueError(f"`stride` must be an int >= 1, got {stride!r}.")
 
 
+@functools.lru_cache(maxsize=1024)  # a valid plan is checked once (a bad one raises every time)
 def check_plan(plan: tuple[ShiftGroup, ...], channels: int) -> None:
     """A plan's groups must tile `[0, channels)` in order (as `shift_plan` builds them)."""
     if not plan or plan[0].c0 != 0 or plan[-1].c1 != channels:
@@ -215,6 +216,13 @@ def _cl_configs(interpret: bool = INTERPRET) -> list[dict]:
     if interpret:  # one config: the interpreter runs each program in numpy, so fewer is faster
         return [{"BLOCK_P": 64, "BLOCK_C": 8, "num_warps": 4}]
     return [{"BLOCK_P": p, "BLOCK_C": c, "num_warps": 4} for p, c in ((64, 32), (32, 64), (16, 128))]
+
+
+def config_name(cfg: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in cfg.items())
+
+
+_CL_CONFIGS = {config_name(cfg): cfg for cfg in _cl_configs()}
 
 
 def _plane_tile(h: int, w: int, interpret: bool = INTERPRET) -> tuple[int, int, int]:
@@ -424,20 +432,22 @@ def launch_cl_shift(x: torch.Tensor, y: torch.Tensor, tables: WordTables, stride
             BLOCK_P=cfg["BLOCK_P"], BLOCK_W=bw, BLOCK_C=cfg["BLOCK_C"], num_warps=cfg["num_warps"],
         )
 
-    configs = {config_name(cfg): cfg for cfg in ([config] if config else _cl_configs())}
-    key = _autotune.shape_class("shift_cl", n * h_dst * w_dst, bytes=c * x.element_size(), h=h_dst,
-                                w=w_dst, stride=stride, transpose=transpose, gpc=tables.per_chunk)
-    best = _autotune.choose(key, {k: functools.partial(run, v) for k, v in configs.items()}, x.device)
-    run(configs[best])
+    if config is not None:
+        run(config)
+        return
+    configs = _CL_CONFIGS
+    name = _autotune.pick(
+        ("shift_cl", x.shape, x.dtype, x.device, tables.per_chunk, stride, transpose),
+        lambda: _autotune.shape_class("shift_cl", n * h_dst * w_dst, bytes=c * x.element_size(),
+                                      h=h_dst, w=w_dst, stride=stride, transpose=transpose,
+                                      gpc=tables.per_chunk),
+        list(configs), lambda k: run(configs[k]), x.device)
+    run(configs[name])
 
 
 def words_ok(x: torch.Tensor) -> bool:
     """Channels-last with a pixel's channels a whole number of 32-bit words (even C in bf16)."""
     return is_channels_last(x) and (x.shape[1] * x.element_size()) % WORD_BYTES == 0
-
-
-def config_name(cfg: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in cfg.items())
 
 
 def _launch_plane(x: torch.Tensor, y: torch.Tensor, offsets: torch.Tensor, stride: int,
