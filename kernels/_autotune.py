@@ -70,7 +70,7 @@ class Stats:
 
 
 _STATS = Stats()
-_tuning = False  # while True, launches inside a tuning run are already counted in autotune_s
+_tuning = 0  # depth of tuning runs: launches inside one are counted in the outermost's autotune_s
 
 
 def compile_seconds() -> float:
@@ -279,7 +279,8 @@ def choose(key: str, candidates: Mapping[str, Callable[[], object]], device: tor
             return names[0]
         bench = lambda fn: cuda_time_ms(fn, device)  # noqa: E731
     global _tuning
-    t0, _tuning = time.perf_counter(), True
+    t0 = time.perf_counter()
+    _tuning += 1  # a candidate may tune what it launches (the two-pass form's shift): counted once
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}
     try:
@@ -289,8 +290,9 @@ def choose(key: str, candidates: Mapping[str, Callable[[], object]], device: tor
             except Exception as exc:  # noqa: BLE001 - a config this GPU cannot run (shared memory ...)
                 errors[name] = f"{type(exc).__name__}: {exc}"[:300]
     finally:
-        _tuning = False
-        _STATS.autotune_s += time.perf_counter() - t0
+        _tuning -= 1
+        if not _tuning:
+            _STATS.autotune_s += time.perf_counter() - t0
     if not timings:
         raise RuntimeError(f"every candidate failed for {key}: {errors}")
     best = min(timings, key=timings.get)

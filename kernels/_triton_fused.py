@@ -432,11 +432,14 @@ def shift_conv1x1_forward(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride:
 
     if config is None:
         flags = (in_bias is not None, bias is not None, relu, residual is not None)
+        # A tile more than twice as wide as the layer is mostly padding: not worth its compile.
+        widest = max(64, triton.next_power_of_2(c_out))
+        names = [k for k, c in _GEMM_CONFIGS.items() if c["BLOCK_N"] <= widest] + [TWO_PASS]
         config = _autotune.pick(
             ("fused_fwd", x.shape, x.stride(), x.dtype, x.device, c_out, plan, stride, flags),
             lambda: _tune_key("fused_fwd", m, x, c_out, stride, plan, in_bias=flags[0], bias=flags[1],
                               relu=relu, res=flags[3]),
-            [*_GEMM_CONFIGS, TWO_PASS], run, x.device)
+            names, run, x.device)
     return run(config)
 
 

@@ -207,3 +207,23 @@ def test_launches_that_compile_are_counted():
         at.INTERPRET = interpret
     assert after.compiles - before.compiles == 2
     assert 0.06 <= after.compile_s - before.compile_s < 1.0
+
+
+def test_tuning_inside_tuning_is_counted_once(tmp_path):
+    """A candidate that tunes what it launches (the two-pass form's shift) adds no seconds twice."""
+    store = at.ChoiceFile(tmp_path / "c.json")
+
+    def bench(fn):
+        fn()
+        time.sleep(0.02)
+        return 1.0
+
+    def outer_a():
+        at.choose("inner", candidates("x", "y"), CPU, store=store, bench=bench)
+    outer_a.tag = "a"
+    before = at.stats().autotune_s
+    t0 = time.perf_counter()
+    at.choose("outer", {"a": outer_a, "b": candidates("b")["b"]}, CPU, store=store, bench=bench)
+    wall = time.perf_counter() - t0
+    assert at.stats().autotune_s - before <= wall + 1e-3
+    assert at._tuning == 0
