@@ -90,7 +90,7 @@ def _tap(x_base, r, t, H, W, sxh, sxw, mask):
     return tl.load(x_base + r * sxh + t * sxw, mask=ok, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "Ho", "Wo"))
 def _active_fwd_kernel(
     x_ptr, theta_ptr, y_ptr,
     C, H, W, Ho, Wo,
@@ -132,7 +132,7 @@ def _grad_tap(g_base, r, t, Ho, Wo, sgh, sgw, mask, STRIDE: tl.constexpr):
     return tl.load(g_base + r * sgh + t * sgw, mask=ok, other=0.0).to(tl.float32)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "Ho", "Wo"))
 def _active_dx_kernel(
     g_ptr, theta_ptr, dx_ptr,
     C, H, W, Ho, Wo,
@@ -165,7 +165,7 @@ def _active_dx_kernel(
              dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "Ho", "Wo", "P"))
 def _active_dtheta_kernel(
     x_ptr, g_ptr, theta_ptr, part_ptr,
     C, H, W, Ho, Wo, P,

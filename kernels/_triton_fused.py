@@ -165,7 +165,7 @@ def _shifted_tile(x_ptr, gid_ptr, goff_ptr, in_bias_ptr, x_row, ii, jj, m_ok, k0
     return tl.reshape(a, (BLOCK_M, BLOCK_K))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M", "H", "W", "Ho", "Wo"))
 def _shift_conv1x1_kernel(
     x_ptr, w_ptr, gid_ptr, goff_ptr, y_ptr, in_bias_ptr, bias_ptr, res_ptr,
     M, C_in, C_out, H, W, Ho, Wo,
@@ -215,7 +215,7 @@ def _shift_conv1x1_kernel(
     tl.store(y, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M", "H", "W", "Ho", "Wo", "M_PER_SPLIT"))
 def _shift_conv1x1_dw_kernel(
     x_ptr, g_ptr, gid_ptr, goff_ptr, part_ptr,
     M, C_in, C_out, H, W, Ho, Wo, M_PER_SPLIT,
@@ -275,7 +275,7 @@ def _shift_conv1x1_dw_kernel(
         tl.store(out + o[:, None] * C_in + k[None, :], acc, mask=o_ok[:, None] & (k < C_in)[None, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("M", "T", "H", "W", "Ho", "Wo"))
 def _shift_conv1x1_dx_kernel(
     g_ptr, w_ptr, tile_ptr, dx_ptr,
     M, T, C_in, C_out, H, W, Ho, Wo,

@@ -255,6 +255,12 @@ def _gather_tile(channels_last: bool, interpret: bool = INTERPRET) -> tuple[int,
 # ----------------------------------------------------------------------------
 
 
+# Map sides and pixel counts take any value: not specialising them (on divisibility by 16,
+# or equality to 1) lets one binary serve every map size, where each new side would compile
+# anew; the vector widths come from the channel counts and strides, which stay specialised.
+_SIDES = ("H_src", "W_src", "H_dst", "W_dst")
+
+
 @triton.jit
 def _source(i, j, dy, dx, H_src, W_src, STRIDE: tl.constexpr, TRANSPOSE: tl.constexpr):
     """Source row / column of destination (i, j) for offset (dy, dx), and whether it exists.
@@ -278,7 +284,7 @@ def _source(i, j, dy, dx, H_src, W_src, STRIDE: tl.constexpr, TRANSPOSE: tl.cons
     return r, t, ok
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SIDES)
 def _shift_cl_kernel(
     x_ptr, y_ptr, first_ptr, last_ptr, mask_ptr, goff_ptr,
     CW, H_src, W_src, H_dst, W_dst,
@@ -334,7 +340,7 @@ def _shift_cl_kernel(
     tl.store(dst[:, None, None] + c[None, :, :], val, mask=p_ok[:, None, None] & c_ok[None, :, :])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("NC", "C", *_SIDES))
 def _shift_plane_kernel(
     x_ptr, y_ptr, off_ptr,
     NC, C, H_src, W_src, H_dst, W_dst,
@@ -362,7 +368,7 @@ def _shift_plane_kernel(
     tl.store(y_plane + i * syh + j, v, mask=inside)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("C", *_SIDES))
 def _shift_gather_kernel(
     x_ptr, y_ptr, off_ptr,
     C, H_src, W_src, H_dst, W_dst,
