@@ -118,7 +118,8 @@ class Bench:
 
     def compare(self, kernel: str, shape, layout: str, metric: str,
                 fns: dict[str, Callable], make: Callable, grad: bool = False,
-                cost: floors.Cost | None = None) -> None:
+                cost: floors.Cost | None = None, eager_only: tuple[str, ...] = ()) -> None:
+        """Time `fns` side by side (and, on a GPU, as CUDA graphs, except `eager_only`)."""
         sets = rotating_inputs(make, self.device)
         reps, warmup = self.reps(shape, metric)
         ctx = torch.enable_grad() if grad else torch.no_grad()
@@ -128,7 +129,8 @@ class Bench:
             self.add(kernel, name, shape, layout, metric, "ms", t.median, t.p20, t.p80, cost)
         if self.graphs:
             with ctx:
-                graphed = time_graphed(fns, sets, self.device, reps)
+                graphed = time_graphed({k: f for k, f in fns.items() if k not in eager_only}, sets,
+                                       self.device, reps)
             for name, t in graphed.items():
                 if t is not None:
                     self.add(kernel, name, shape, layout, metric + "_graph", "ms", t.median, t.p20,
@@ -373,12 +375,14 @@ def run_gpu(bench: Bench, shapes=GPU_SHAPES) -> None:
 
         impls = {"reference": ref.active_shift, "triton": triton_ops.active_shift,
                  "triton_integer": lambda x, t, s, plan=plan: triton_ops.shift(x, plan, s)}
+        # (The reference reads its offsets on the host: it cannot be captured in a graph.)
         bench.compare("active_shift", shape, "channels_last", "fwd",
                       {k: (lambda x, t, g, f=f: f(x, t, 1)) for k, f in impls.items()}, active_inputs,
-                      cost=cost("active_shift", "fwd"))
+                      cost=cost("active_shift", "fwd"), eager_only=("reference",))
         bench.compare("active_shift", shape, "channels_last", "fwd+bwd",
                       {k: _grad_step(lambda x, t, f=f: f(x, t, 1)) for k, f in impls.items()},
-                      active_inputs, grad=True, cost=cost("active_shift", "fwd+bwd"))
+                      active_inputs, grad=True, cost=cost("active_shift", "fwd+bwd"),
+                      eager_only=("reference",))
 
         # (d) the csc block, C -> M = C -> C, shift vs depthwise 3x3.
         bench_gpu_block(bench, shape)
