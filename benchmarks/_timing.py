@@ -125,6 +125,56 @@ def time_interleaved(fns: dict[str, Callable[..., Any]], input_sets: list[Sequen
     return {name: _timing(v) for name, v in ms.items()}
 
 
+def time_graphed(fns: dict[str, Callable[..., Any]], input_sets: list[Sequence[torch.Tensor]],
+                 device: torch.device, reps: int = 100, warmup: int = 3) -> dict[str, Timing | None]:
+    """Device time per call of every provider in `fns`, each captured in a CUDA graph.
+
+    A provider is warmed up on a side stream (compiling and autotuning there),
+    then one graph is captured that calls it once on every input set; replays
+    are timed with a pair of events, interleaved round-robin like
+    `time_interleaved`, and divided by the number of sets. This is the time
+    the GPU spends, without the host's launch overhead (what a network
+    replayed as a CUDA graph sees); a provider whose capture fails gets None.
+    """
+    current = torch.cuda.current_stream(device)
+    graphs: dict[str, torch.cuda.CUDAGraph] = {}
+    for name, fn in fns.items():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(current)
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    for inputs in input_sets:
+                        fn(*inputs)
+            current.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for inputs in input_sets:
+                    fn(*inputs)
+            graphs[name] = graph
+        except Exception as exc:  # noqa: BLE001 - a provider that cannot be captured is reported, not fatal
+            torch.cuda.synchronize(device)
+            print(f"  {name}: no CUDA graph ({type(exc).__name__}: {str(exc)[:120]})", flush=True)
+    names = list(graphs)
+    ms: dict[str, list[float]] = {name: [] for name in names}
+    pending = []
+    torch.cuda.synchronize(device)
+    for r in range(reps):
+        s = r % max(len(names), 1)
+        for name in names[s:] + names[:s]:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graphs[name].replay()
+            end.record()
+            pending.append((name, start, end))
+    torch.cuda.synchronize(device)
+    for name, start, end in pending:
+        ms[name].append(start.elapsed_time(end) / len(input_sets))
+    out: dict[str, Timing | None] = {name: None for name in fns}
+    out.update({name: _timing(v) for name, v in ms.items()})
+    return out
+
+
 def versions() -> dict[str, str]:
     try:
         import triton
@@ -188,17 +238,29 @@ class Row:
 FIELDS = [f.name for f in fields(Row)]
 
 
-def append_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def append_csv(path: Path, columns: list[str], rows: list[dict[str, Any]], extend: bool = False) -> None:
     """Append `rows` (dicts keyed by `columns`) to the CSV at `path`, header only when new.
 
     A file with other columns is an error rather than a second table glued
-    onto the first: migrate it (old rows get empty new cells).
+    onto the first: migrate it (old rows get empty new cells). With `extend`,
+    a file whose columns are the first of `columns` is migrated here: rewritten
+    whole (through a temporary file) with the new columns empty for old rows.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
     if not new:
         with path.open(newline="") as f:
             header = next(csv.reader(f), [])
+        if extend and header != columns and header == columns[:len(header)]:
+            with path.open(newline="") as f:
+                old = list(csv.DictReader(f))
+            tmp = path.with_name(path.name + ".tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(old)
+            tmp.replace(path)
+            header = columns
         if header != columns:
             raise ValueError(f"{path} has the columns {header}, not {columns}: migrate it (add the "
                              f"missing columns, empty for old rows) or write to another file.")
@@ -210,8 +272,13 @@ def append_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
 
 
 def write_rows(path: Path, rows: list[Row]) -> None:
-    """Append timing `rows` to the CSV at `path`, stamped with the time and revision."""
+    """Append timing `rows` to the CSV at `path`, stamped with the time and revision.
+
+    Rows of a `Row` subclass write its extra columns after `Row`'s; a file
+    written before they existed gains them (empty for its old rows).
+    """
     stamp, rev = utc_now(), revision()
+    columns = [f.name for f in fields(rows[0])] if rows else FIELDS
     out = []
     for row in rows:
         d = asdict(row)
@@ -219,4 +286,4 @@ def write_rows(path: Path, rows: list[Row]) -> None:
         d["revision"] = d["revision"] or rev
         out.append({k: ("" if v is None else f"{v:.6g}" if isinstance(v, float) else v)
                     for k, v in d.items()})
-    append_csv(path, FIELDS, out)
+    append_csv(path, columns, out, extend=columns != FIELDS)

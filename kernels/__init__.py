@@ -10,6 +10,7 @@ from __future__ import annotations
 from .dispatch import available_backends, get_backend, register_backend
 from .modules import (
     ActiveShift,
+    CscInference,
     Shift,
     ShiftConv1x1,
     SparseShift,
@@ -22,7 +23,7 @@ from .reference import NEIGHBOURHOODS, ShiftGroup, channel_offsets, shift_plan
 
 __all__ = [
     "NEIGHBOURHOODS", "ShiftGroup", "shift_plan", "channel_offsets",
-    "Shift", "ActiveShift", "SparseShift", "ShiftConv1x1", "spatial", "shift_parameters",
+    "Shift", "ActiveShift", "SparseShift", "ShiftConv1x1", "CscInference", "spatial", "shift_parameters",
     "active_shift_parameters", "sparse_l1",
     "get_backend", "register_backend", "available_backends",
 ]

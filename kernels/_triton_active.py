@@ -14,12 +14,15 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _autotune
 from ._triton_shift import (
     INTERPRET,
     alloc,
     check_input,
     check_stride,
+    config_name,
     is_channels_last,
+    layout_name,
     shift_by_offsets,
 )
 from .reference import out_hw
@@ -34,11 +37,40 @@ def _theta_tiles(interpret: bool = INTERPRET) -> tuple[int, int]:
 _THETA_BLOCK_C, _THETA_BLOCK_P = _theta_tiles()
 
 
-def _active_configs(interpret: bool = INTERPRET) -> list[triton.Config]:
+def _active_configs(interpret: bool = INTERPRET, channels_last: bool | None = None) -> list[dict]:
+    """Tiles `(BLOCK_C, BLOCK_P)`, 4 warps; per layout, since each lane reads its own offset.
+
+    Predicted, not yet measured: in channels-last a warp's lanes should run
+    along channels (64 x 16, 32 x 32), whose four taps fall on the few pixels
+    the channels' offsets reach, the lines that L1 then serves; in NCHW along a
+    plane's rows (1 x 1024, 4 x 256). `channels_last=None`: both lists (to compile).
+    """
     if interpret:
-        return [triton.Config({"BLOCK_C": 16, "BLOCK_P": 64})]
-    tiles = [(1, 1024), (4, 256), (32, 32), (64, 16)]
-    return [triton.Config({"BLOCK_C": c, "BLOCK_P": p}, num_warps=4) for c, p in tiles]
+        return [{"BLOCK_C": 16, "BLOCK_P": 64, "num_warps": 4}]
+    cl, nchw = [(64, 16), (32, 32)], [(1, 1024), (4, 256)]
+    tiles = cl + nchw if channels_last is None else cl if channels_last else nchw
+    return [{"BLOCK_C": c, "BLOCK_P": p, "num_warps": 4} for c, p in tiles]
+
+
+_ACTIVE_CONFIGS = {cl: {config_name(c): c for c in _active_configs(channels_last=cl)}
+                   for cl in (False, True)}
+
+
+def _launch_tuned(kernel, op: str, x: torch.Tensor, c: int, p: int, n: int, stride: int,
+                  args: tuple) -> None:
+    """Launch `kernel` over (pixels, channels, batch) with the config the bounded autotuner keeps."""
+    configs = _ACTIVE_CONFIGS[is_channels_last(x)]
+
+    def run(name: str) -> None:
+        cfg = configs[name]
+        grid = (triton.cdiv(p, cfg["BLOCK_P"]), triton.cdiv(c, cfg["BLOCK_C"]), n)
+        _autotune.launch(kernel, grid, *args, BLOCK_C=cfg["BLOCK_C"], BLOCK_P=cfg["BLOCK_P"],
+                         STRIDE=stride, num_warps=cfg["num_warps"])
+
+    run(_autotune.pick(
+        (op, x.shape, x.stride(), x.dtype, x.device, stride),
+        lambda: _autotune.shape_class(op, n * p, c=c, stride=stride, dtype=x.dtype, layout=layout_name(x)),
+        list(configs), run, x.device))
 
 
 @triton.jit
@@ -58,8 +90,7 @@ def _tap(x_base, r, t, H, W, sxh, sxw, mask):
     return tl.load(x_base + r * sxh + t * sxw, mask=ok, other=0.0).to(tl.float32)
 
 
-@triton.autotune(configs=_active_configs(), key=["C", "Ho", "Wo", "sxc", "STRIDE"])
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "Ho", "Wo"))
 def _active_fwd_kernel(
     x_ptr, theta_ptr, y_ptr,
     C, H, W, Ho, Wo,
@@ -101,8 +132,7 @@ def _grad_tap(g_base, r, t, Ho, Wo, sgh, sgw, mask, STRIDE: tl.constexpr):
     return tl.load(g_base + r * sgh + t * sgw, mask=ok, other=0.0).to(tl.float32)
 
 
-@triton.autotune(configs=_active_configs(), key=["C", "H", "W", "sgc", "STRIDE"])
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "Ho", "Wo"))
 def _active_dx_kernel(
     g_ptr, theta_ptr, dx_ptr,
     C, H, W, Ho, Wo,
@@ -135,7 +165,7 @@ def _active_dx_kernel(
              dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=("H", "W", "Ho", "Wo", "P"))
 def _active_dtheta_kernel(
     x_ptr, g_ptr, theta_ptr, part_ptr,
     C, H, W, Ho, Wo, P,
@@ -201,11 +231,8 @@ def active_forward(x: torch.Tensor, theta: torch.Tensor, stride: int = 1) -> tor
     if y.numel() == 0:
         return y
 
-    def grid(meta):
-        return (triton.cdiv(ho * wo, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]), n)
-
-    _active_fwd_kernel[grid](x, theta, y, c, h, w, ho, wo, *x.stride(), *y.stride(),
-                             *theta.stride(), STRIDE=stride)
+    _launch_tuned(_active_fwd_kernel, "active_fwd", x, c, ho * wo, n, stride,
+                  (x, theta, y, c, h, w, ho, wo, *x.stride(), *y.stride(), *theta.stride()))
     return y
 
 
@@ -217,11 +244,8 @@ def active_dx(g: torch.Tensor, theta: torch.Tensor, stride: int, hw: tuple[int, 
     if dx.numel() == 0:
         return dx
 
-    def grid(meta):
-        return (triton.cdiv(h * w, meta["BLOCK_P"]), triton.cdiv(c, meta["BLOCK_C"]), n)
-
-    _active_dx_kernel[grid](g, theta, dx, c, h, w, ho, wo, *g.stride(), *dx.stride(),
-                            *theta.stride(), STRIDE=stride)
+    _launch_tuned(_active_dx_kernel, "active_dx", g, c, h * w, n, stride,
+                  (g, theta, dx, c, h, w, ho, wo, *g.stride(), *dx.stride(), *theta.stride()))
     return dx
 
 
@@ -234,7 +258,8 @@ def active_dtheta(x: torch.Tensor, theta: torch.Tensor, g: torch.Tensor, stride:
     part = alloc((blocks_p, 2, c), x, dtype=torch.float32)
     if p_total and c:
         grid = (blocks_p, triton.cdiv(c, _THETA_BLOCK_C))
-        _active_dtheta_kernel[grid](
+        _autotune.launch(
+            _active_dtheta_kernel, grid,
             x, g, theta, part, c, h, w, ho, wo, p_total,
             *x.stride(), *g.stride(), *theta.stride(),
             STRIDE=stride, BLOCK_C=_THETA_BLOCK_C, BLOCK_P=_THETA_BLOCK_P,

@@ -34,6 +34,10 @@ class Backend:
     shift_conv1x1: Callable  # (x, plan, stride, weight) -> y
     supports: Callable[[torch.Tensor], bool] = lambda x: True  # can it run on this tensor?
     fused_conv1x1: bool = False  # shift_conv1x1 is one kernel (else the shift, then torch's conv)
+    # Inference only: (h, plan, stride, weight, *, in_bias, bias, relu, residual) ->
+    # [relu](conv1x1(weight, bias)(shift(relu(h + in_bias)))) [+ residual], the second half
+    # of a folded csc block as one kernel (`kernels.modules.CscInference`); None: not offered.
+    shift_conv1x1_block: Callable | None = None
 
 
 _BACKENDS: dict[str, Backend] = {

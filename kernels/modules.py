@@ -89,8 +89,54 @@ class ShiftConv1x1(nn.Conv2d):
         b = dispatch.get_backend(x, self.shift.backend)
         if not b.fused_conv1x1:  # the shift, then torch's conv with its bias (no separate add)
             return F.conv2d(self.shift(x), self.weight, self.bias, self.stride)
+        if self.bias is not None and b.shift_conv1x1_block is not None and not torch.is_grad_enabled():
+            # inference with a folded BN: the bias in the kernel's epilogue, not a second pass
+            return b.shift_conv1x1_block(x, self.plan, self.total_stride, self.weight, in_bias=None,
+                                         bias=self.bias, relu=False, residual=None)
         y = b.shift_conv1x1(x, self.plan, self.total_stride, self.weight)
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1).to(y.dtype)
+
+
+class CscInference(nn.Module):
+    """A csc block with BN folded, run as cuDNN's first 1x1 and one fused kernel (inference).
+
+    `branch = relu(conv2(shift(relu(conv1(x) + b1))) + b2)`, `out = branch + shortcut(x)`:
+    the first 1x1 runs without its bias; the fused kernel adds it and the ReLU
+    as it loads the shifted tile, then the second 1x1's bias, the ReLU and the
+    shortcut in its epilogue. The block's own modules (and state dict) are kept:
+    where the backend has no fused block op, or autograd is on, it runs them.
+    """
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        if not self.eligible(block):
+            raise ValueError(f"CscInference needs a csc block with BN folded and its shift fused "
+                             f"into conv2 (fold_bn, fuse_shift_conv), got {type(block).__name__}.")
+        self.block = block
+
+    @staticmethod
+    def eligible(block: nn.Module) -> bool:
+        """A folded csc block: conv1 -> ReLU -> ShiftConv1x1 -> ReLU (+ shortcut)."""
+        names = ("conv1", "bn1", "act1", "shift", "pool", "conv2", "bn2", "act2", "shortcut")
+        if not all(hasattr(block, n) for n in names):
+            return False
+        return (type(block.conv1) is nn.Conv2d and block.conv1.kernel_size == (1, 1)
+                and block.conv1.stride == (1, 1) and block.conv1.groups == 1
+                and isinstance(block.bn1, nn.Identity) and isinstance(block.bn2, nn.Identity)
+                and isinstance(block.act1, nn.ReLU) and isinstance(block.act2, nn.ReLU)
+                and isinstance(block.shift, nn.Identity) and isinstance(block.pool, nn.Identity)
+                and isinstance(block.conv2, ShiftConv1x1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        blk = self.block
+        conv1, conv2 = blk.conv1, blk.conv2
+        b = dispatch.get_backend(x, conv2.shift.backend)
+        if b.shift_conv1x1_block is None or torch.is_grad_enabled():
+            return blk(x)
+        h = F.conv2d(x, conv1.weight)  # its bias goes in with the ReLU, as the shifted tile loads
+        res = x if blk.shortcut is None else blk.shortcut(x)
+        return b.shift_conv1x1_block(h, conv2.plan, conv2.total_stride, conv2.weight,
+                                     in_bias=conv1.bias, bias=conv2.bias, relu=True, residual=res)
 
 
 def spatial(kind: str, nbhd: str = "8c", init: str = "grid") -> Callable[[int, int], nn.Module]:
@@ -114,5 +160,5 @@ def sparse_l1(model: nn.Module) -> torch.Tensor | float:
     return torch.stack(terms).sum() if terms else 0.0
 
 
-__all__ = ["Shift", "ActiveShift", "SparseShift", "ShiftConv1x1", "spatial", "shift_parameters",
-           "active_shift_parameters", "sparse_l1"]
+__all__ = ["Shift", "ActiveShift", "SparseShift", "ShiftConv1x1", "CscInference", "spatial",
+           "shift_parameters", "active_shift_parameters", "sparse_l1"]

@@ -1,4 +1,4 @@
-"""Rewrites of a built network that keep its function: BN folding and shift+1x1 fusion.
+"""Rewrites of a built network that keep its function: BN folding, shift+1x1 and block fusion.
 
 Both walk the pairs that blocks declare (`FOLDS` and `fusable` in
 `searchspace.blocks`) instead of guessing module names, so renaming a layer
@@ -12,7 +12,7 @@ import copy
 import torch
 from torch import nn
 
-from shiftnas.kernels import Shift, ShiftConv1x1
+from shiftnas.kernels import CscInference, Shift, ShiftConv1x1
 
 
 def fuse_shift_conv(model: nn.Module) -> nn.Module:
@@ -61,3 +61,22 @@ def fold_bn(model: nn.Module) -> nn.Module:
         for conv_name, bn_name in getattr(type(mod), "FOLDS", ()):
             _fold_pair(mod, conv_name, bn_name)
     return m
+
+
+def fuse_blocks(model: nn.Module) -> nn.Module:
+    """Run every folded csc block as two kernels (`kernels.CscInference`), in place; inference only.
+
+    Apply after `fold_bn` on a model built with fused shifts: a block whose BNs
+    are folded and whose shift reads into `ShiftConv1x1` becomes cuDNN's first
+    1x1 and one kernel that applies the bias and ReLU on load, shifts, runs the
+    second 1x1 and adds the bias, ReLU and shortcut. Other blocks are left
+    alone; the state dict keys gain the wrapper's `block.` prefix. A block
+    given as the model itself comes back wrapped.
+    """
+    if CscInference.eligible(model):
+        return CscInference(model)
+    for mod in list(model.modules()):
+        for name, child in list(mod.named_children()):
+            if CscInference.eligible(child):
+                setattr(mod, name, CscInference(child))
+    return model

@@ -151,6 +151,43 @@ def test_shift_low_precision_is_exact(dtype, stride):
     assert_close(dx, dx_ref, name="dx", exact=True)
 
 
+# (channels, nbhd, dilation) in 16-bit channels-last: the kernel moves 32-bit words (two
+# channels) in 16-byte chunks (eight), so group sizes that are odd (30 channels of 8c:
+# groups of 3, a word straddling two groups) or tiny (54 of 5x5: 2, five groups per chunk)
+# exercise the per-word bit masks; an odd channel count (27) cannot be moved as words and
+# takes the per-channel gather.
+WORD_CASES = [(30, "8c", 1), (30, "8c", 2), (54, "5x5", 1), (26, "4c", 1), (27, "4c", 1), (72, "8c", 1)]
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("c,nbhd,dilation", WORD_CASES, ids=lambda v: str(v))
+def test_shift_channels_last_16bit_is_exact(c, nbhd, dilation, stride):
+    plan = ref.shift_plan(c, nbhd, dilation)
+    x = make_x(c, torch.bfloat16, channels_last=True, hw=(6, 9))
+    assert _triton_shift.words_ok(x) == (c % 2 == 0)
+    y, (dx,) = run(lambda t: triton_ops.shift(t, plan, stride), x)
+    y_ref, (dx_ref,) = run(lambda t: ref.shift_fn(t, plan, stride), x)
+    assert_close(y, y_ref, name="y", exact=True)
+    assert_close(dx, dx_ref, name="dx", exact=True)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_word_tables_hand_computed():
+    """30 bf16 channels, 8c: groups of 3 (g0 = 0-2 ... g7 = 21-23, centre g8 = 24-29);
+    word w holds channels 2w (low half) and 2w + 1; a chunk is 8 channels."""
+    plan = ref.shift_plan(30, "8c")
+    t = _triton_shift.word_tables(plan, torch.device("cpu"), 2)
+    # chunk 1 (channels 8-15) meets groups 2, 3, 4, 5: four loads per chunk
+    assert t.words == 15 and t.per_chunk == 4
+    assert t.first.tolist() == [0, 2, 5, 8] and t.last.tolist() == [2, 5, 7, 8]
+    lo, hi, both = 0xFFFF, -65536, -1  # low half (even channel), high half (odd), whole word
+    assert t.masks[:, 0].tolist() == [both, 0, 0, 0]  # channels 0, 1: group 0 (k = 0)
+    assert t.masks[:, 1].tolist() == [lo, hi, 0, 0]  # channel 2 in group 0, channel 3 in group 1
+    assert t.masks[:, 4].tolist() == [lo, hi, 0, 0]  # chunk 1: channel 8 in g2 (k = 0), 9 in g3
+    assert t.masks[:, 7].tolist() == [0, 0, lo, hi]  # channel 14 in g4 (k = 2), 15 in g5 (k = 3)
+    assert t.offsets[0].tolist() == [-1, -1] and t.offsets[8].tolist() == [0, 0]
+
+
 def test_shift_large_offsets_zero_whole_channels():
     """Offsets beyond the image give all-zero channels (every element still written)."""
     plan = ref.shift_plan(20, "8c", dilation=9)
@@ -246,6 +283,108 @@ def test_shift_conv1x1_low_precision(dtype):
     exact, bound = fused_exact(x, w, plan, 2, dtype)
     for name, got, e, b in zip(("y", "dx", "dw"), (y, dx, dw), exact, bound):
         assert_gemm_close(got, e, b, dtype, "ieee", name)
+
+
+def block_exact(h, w, plan, stride, in_bias, bias, res):
+    """`relu(conv1x1(w, bias)(shift(relu(h + in_bias)))) + res` in float64 (spec-order channels)."""
+    d = lambda t: None if t is None else t.detach().cpu().double()  # noqa: E731
+    a = torch.relu(d(h) + d(in_bias).view(1, -1, 1, 1))
+    y = torch.relu(torch.nn.functional.conv2d(ref.shift(a, plan, stride), d(w), d(bias)))
+    return y + d(res), (d(h).abs(), d(w).abs())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("config", ["kernel", "two-pass"])
+def test_fused_block_forward_matches_float64(dtype, channels_last, stride, config, fp32_precision):
+    """The csc block's second half in one kernel: bias + ReLU on load, shift, 1x1, bias, ReLU, + res."""
+    from shiftnas.kernels import _triton_fused as fused
+
+    torch.manual_seed(7)
+    c_in, c_out = 30, 18  # groups of 3: chunks and K tiles straddle groups
+    plan = ref.shift_plan(c_in, "8c")
+    h = make_x(c_in, dtype, channels_last)
+    w = (torch.randn(c_out, c_in, 1, 1, device=DEVICE) / c_in**0.5).to(dtype)
+    in_bias = torch.randn(c_in, device=DEVICE) * 0.5
+    bias = torch.randn(c_out, device=DEVICE) * 0.5
+    ho, wo = ref.out_hw(*HW, stride)
+    res = torch.randn(2, c_out, ho, wo, device=DEVICE).to(dtype)
+    res = res.to(memory_format=torch.channels_last) if channels_last else res
+    name = fused.config_name(fused._gemm_configs()[0]) if config == "kernel" else fused.TWO_PASS
+    y = fused.shift_conv1x1_forward(h, plan, stride, w, in_bias=in_bias, bias=bias, relu=True,
+                                    residual=res, config=name)
+    exact, _ = block_exact(h, w, plan, stride, in_bias, bias, res)
+    bound = torch.nn.functional.conv2d(
+        ref.shift(torch.relu(h.double().cpu() + in_bias.double().cpu().view(1, -1, 1, 1)).abs(), plan,
+                  stride), w.double().cpu().abs()) + bias.double().cpu().abs().view(1, -1, 1, 1) \
+        + res.double().cpu().abs()
+    assert y.dtype == dtype and y.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # bf16 rounds the activated input once more (relu(h + b) is stored back to bf16 before the dot).
+    extra = 2.0 ** -8 if dtype == torch.bfloat16 else 0.0
+    a, b = gemm_tolerance(dtype, fp32_precision)
+    err = (y.double().cpu() - exact).abs()
+    assert (err <= (a + extra) * bound + b * exact.abs()).all(), err.max()
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "cl"])
+def test_shift_conv1x1_two_pass_candidates_match(stride, channels_last, fp32_precision):
+    """The unfused candidates the autotuner may keep (shift then cuDNN's 1x1; its transpose then
+    the shift) give the same y and dx as the float64 reference."""
+    from shiftnas.kernels import _triton_fused as fused
+
+    torch.manual_seed(8)
+    plan = ref.shift_plan(27, "5x5", 1)
+    x = make_x(27, channels_last=channels_last)
+    w = torch.randn(13, 27, 1, 1, device=DEVICE) / 27**0.5
+    y = fused.shift_conv1x1_forward(x, plan, stride, w, config=fused.TWO_PASS)
+    ho, wo = ref.out_hw(*HW, stride)
+    g = torch.randn(2, 13, ho, wo, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    g = g.to(memory_format=torch.channels_last) if channels_last else g
+    dx = fused.shift_conv1x1_dinput(g, plan, stride, w, HW, config=fused.TWO_PASS)
+    exact, bound = fused_exact(x, w, plan, stride, torch.float32)
+    assert_gemm_close(y, exact[0], bound[0], torch.float32, fp32_precision, "y")
+    assert_gemm_close(dx, exact[1], bound[1], torch.float32, fp32_precision, "dx")
+
+
+def test_csc_block_inference_runs_as_two_kernels(monkeypatch):
+    """A folded csc block through `fuse_blocks` gives the eager folded block's output (float64 ref)."""
+    from shiftnas.kernels import ActiveShift, CscInference, Shift, SparseShift, portable
+    from shiftnas.kernels import _triton_fused as fused
+    from shiftnas.searchspace.blocks import CscBlock
+    from shiftnas.searchspace.rewrite import fold_bn, fuse_blocks, fuse_shift_conv
+
+    torch.manual_seed(9)
+    calls = []
+    forward = fused.shift_conv1x1_forward
+    monkeypatch.setattr(fused, "shift_conv1x1_forward", lambda *a, **k: calls.append(k) or forward(*a, **k))
+    factory = portable.spatial("fixed", "8c", shifts=(Shift, ActiveShift, SparseShift))
+    for c_in, c_out, stride in ((12, 12, 1), (12, 20, 2)):  # identity and projection shortcuts
+        block = fuse_shift_conv(CscBlock(c_in, c_out, 30, factory, stride=stride, down="shift"))
+        for m in block.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.3, 0.3)
+        fast = fuse_blocks(fold_bn(block))
+        assert isinstance(fast, CscInference)
+        x = make_x(c_in, channels_last=True, hw=(7, 6))
+        with torch.no_grad():
+            monkeypatch.setenv(dispatch.ENV_VAR, "reference")
+            want = fold_bn(block).double()(x.double())
+            monkeypatch.setenv(dispatch.ENV_VAR, "triton")
+            n = len(calls)
+            got = fast(x)
+            assert len(calls) == n + 1 and calls[-1]["relu"] and calls[-1]["in_bias"] is not None
+            assert (calls[-1]["residual"] is x) == (c_in == c_out and stride == 1)
+        assert_close(got, want, torch.float32, name="fused block")
+    with torch.enable_grad():  # training or autograd: the block's own modules (the plain fused op)
+        n = len(calls)
+        fast(make_x(12, channels_last=True, hw=(7, 6)).requires_grad_())
+        assert calls[n:] == [{}]
 
 
 def test_fp32_gemms_follow_torchs_convolution_precision_switch():
