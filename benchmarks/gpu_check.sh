@@ -22,8 +22,9 @@
 # suite (`pytest -n 12`), each failing test's name printed the moment it fails.
 #
 # Output: at most 8 files in $OUT (the device tool's output folder; else
-# out/gpu-check): env.txt, kernels.log, kernels.csv, search.log, report.md,
-# trials.csv, pytest.log, summary.md, and the summary table printed last.
+# out/gpu-check): kernels.log, kernels.csv, autotune.json (the autotuner's
+# choices), search.log, report.md, trials.csv, pytest.log, and summary.md (the
+# table, printed last, then the versions; env.txt until then).
 # benchmarks/RESULTS.md ("The one-command GPU check") documents the format.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +52,7 @@ if [ "$DRY" = 1 ]; then  # the same steps on the CPU, sized to finish in well un
   DEV=cpu; T_BENCH=${T_BENCH:-120}; T_SEARCH=${T_SEARCH:-120}; T_TESTS=${T_TESTS:-120}
   SEARCH_S=15; TRIALS=3; WORKERS_TESTS=1
   TEST_ARGS=${TEST_ARGS:-tests/kernels/test_reference.py::test_integer_shift_backward_is_the_transpose}
-  BENCH_ARGS="--device cpu --quick --suite gpu --shape 2x24x9x9 --reps 3"
+  BENCH_ARGS="--device cpu --quick --suite gpu --shapes 2x24x9x9 --reps 3"
   export TRITON_INTERPRET=1   # the GPU kernels, run by Triton's interpreter
 else
   DEV=cuda; T_BENCH=${T_BENCH:-75}; T_SEARCH=${T_SEARCH:-130}; T_TESTS=${T_TESTS:-170}
@@ -125,6 +126,8 @@ mkdir -p "$WORK/bench"
 step kernels "$T_BENCH" "$PY" -m benchmarks.kernels $BENCH_ARGS --out "$WORK/bench" \
   > "$OUT/kernels.log" 2>&1
 cat "$WORK"/bench/kernels-*.csv > "$OUT/kernels.csv" 2>/dev/null
+# The autotuner's choices with every candidate's time: the evidence for pruning config lists.
+cp "$SHIFTNAS_CACHE"/triton/autotune-*.json "$OUT/autotune.json" 2>/dev/null
 tail -n 25 "$OUT/kernels.log"
 
 # -- a 90-second search on Fashion-MNIST at 32x32 -----------------------------------------
@@ -179,6 +182,6 @@ step tests "$T_TESTS" bash -c "$PY -m pytest -q -n $WORKERS_TESTS -p benchmarks.
 tail -n 3 "$OUT/pytest.log"
 
 # -- summary ------------------------------------------------------------------------------
+# summary.md takes in steps.tsv and env.txt, which keeps the folder at 8 files.
 echo
-"$PY" -m benchmarks.gpu_check_summary "$OUT"
-mv "$OUT/steps.tsv" "$WORK/steps.tsv"   # read into summary.md; keeps the folder at 8 files
+"$PY" -m benchmarks.gpu_check_summary "$OUT" && rm -f "$OUT/steps.tsv" "$OUT/env.txt"

@@ -3,8 +3,9 @@
     python -m benchmarks.gpu_check_summary OUT_DIR
 
 reads `OUT_DIR/steps.tsv` (one line per step: name, exit status, seconds),
-`pytest.log`, `kernels.csv` and `trials.csv`, prints one short Markdown table
-(step, status, seconds, what it found) and writes it to `OUT_DIR/summary.md`.
+`env.txt`, `pytest.log`, `kernels.csv` and `trials.csv`, prints one short
+Markdown table (step, status, seconds, what it found) and writes it to
+`OUT_DIR/summary.md`, followed by `env.txt`.
 Every figure is read back from a file the step wrote, never from memory, so the
 table says what a reader of the folder will find.
 """
@@ -109,8 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m benchmarks.gpu_check_summary OUT_DIR (the folder "
               "benchmarks/gpu_check.sh wrote)", file=sys.stderr)
         return 2
-    table = summarise(Path(args[0]))
-    (Path(args[0]) / "summary.md").write_text(table)
+    out = Path(args[0])
+    table = summarise(out)
+    env = out / "env.txt"
+    versions = env.read_text(errors="replace") if env.is_file() else "(no env.txt)\n"
+    (out / "summary.md").write_text(f"{table}\n## Versions and device\n\n```\n{versions}```\n")
     print(table, end="")
     return 0
 
