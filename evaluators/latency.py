@@ -40,6 +40,7 @@ from shiftnas.config import check, is_int
 from shiftnas.errors import ConfigError
 from shiftnas.files import atomic_write, file_lock
 from shiftnas.searchspace import NetCfg, build_model, fold_bn
+from shiftnas.searchspace.rewrite import fuse_blocks
 
 from .device import DeviceLock
 
@@ -193,6 +194,8 @@ def _prepare(model: nn.Module, cfg: LatencyCfg, device: torch.device) -> tuple[n
         portable.load_state_dict(model.state_dict())
         model = portable
     m = fold_bn(model) if cfg.fold_bn else copy.deepcopy(model).eval()
+    if cfg.fold_bn and device.type == "cuda" and cfg.backend != "onnxruntime":
+        m = fuse_blocks(m)  # a folded csc block as two kernels, as a GPU deployment runs it
     cl = _channels_last(cfg, device)
     m = m.to(device=device, dtype=DTYPES[cfg.dtype])
     if cl:

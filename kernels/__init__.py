@@ -7,6 +7,7 @@ unless `SHIFTNAS_KERNELS=reference` forces the reference path.
 
 from __future__ import annotations
 
+from ._autotune import compile_seconds
 from .dispatch import available_backends, get_backend, register_backend
 from .modules import (
     ActiveShift,
@@ -25,5 +26,5 @@ __all__ = [
     "NEIGHBOURHOODS", "ShiftGroup", "shift_plan", "channel_offsets",
     "Shift", "ActiveShift", "SparseShift", "ShiftConv1x1", "CscInference", "spatial", "shift_parameters",
     "active_shift_parameters", "sparse_l1",
-    "get_backend", "register_backend", "available_backends",
+    "get_backend", "register_backend", "available_backends", "compile_seconds",
 ]

@@ -56,17 +56,19 @@ _BENCH_MAX_CALLS = 200
 
 @dataclass
 class Stats:
-    """Seconds this process spent compiling Triton kernels and timing candidates."""
+    """Seconds this process spent compiling kernels and timing Triton candidates."""
 
     compile_s: float = 0.0  # first launches that compiled (outside tuning)
     autotune_s: float = 0.0  # tuning a shape class: compiling and timing every candidate
+    build_s: float = 0.0  # first-use builds (or loads) of the C++ kernels: the CPU shift and
+    # the ONNX Runtime ops (`add_build_seconds`)
     tuned: int = 0  # shape classes tuned here
     reused: int = 0  # shape classes answered from the file (another trial or worker tuned them)
     compiles: int = 0  # kernel compilations seen outside tuning
 
     @property
     def total_s(self) -> float:
-        return self.compile_s + self.autotune_s
+        return self.compile_s + self.autotune_s + self.build_s
 
 
 _STATS = Stats()
@@ -74,11 +76,17 @@ _tuning = 0  # depth of tuning runs: launches inside one are counted in the oute
 
 
 def compile_seconds() -> float:
-    """Seconds spent in Triton compilation and autotuning in this process so far.
+    """Seconds spent compiling kernels in this process so far: Triton compilation and
+    autotuning, and the first-use builds of the C++ kernels.
 
     Take the difference around a trial (or use `CompileTimer`) to report its share.
     """
     return _STATS.total_s
+
+
+def add_build_seconds(seconds: float) -> None:
+    """Count a C++ kernel's first-use build (or load) in `compile_seconds`."""
+    _STATS.build_s += seconds
 
 
 def stats() -> Stats:

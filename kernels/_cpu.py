@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from shiftnas.files import cache_dir, file_lock
 
 from . import reference as ref
+from ._autotune import add_build_seconds
 from .reference import ShiftGroup
 
 _SOURCE = Path(__file__).with_name("_cpu_shift.cpp")
@@ -39,6 +41,7 @@ _SOURCE = Path(__file__).with_name("_cpu_shift.cpp")
 @functools.cache
 def _kernel():
     """The C++ module, built once (then cached by torch); None, with a warning, if it cannot be."""
+    t0 = time.perf_counter()
     try:
         from torch.utils import cpp_extension
 
@@ -58,6 +61,8 @@ def _kernel():
                       f"using strided copies instead, 2-6x slower at CIFAR sizes (it needs a "
                       f"C++ compiler and ninja: `pip install ninja`)", RuntimeWarning, stacklevel=2)
         return None
+    finally:  # a trial that pays for the build reports it as compile time, not training
+        add_build_seconds(time.perf_counter() - t0)
 
 
 _CFLAGS = ["-O3"]  # no -march=native: the cached build may be shared by other machines

@@ -18,6 +18,7 @@ evaluation, so a failed upload fails the trial, not the search).
 from __future__ import annotations
 
 import functools
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from shiftnas.evaluators.datasets import DataBundle, load_data
 from shiftnas.evaluators.device import DeviceLock
 from shiftnas.evaluators.proxies import compute_proxies
 from shiftnas.evaluators.training import train
+from shiftnas.kernels import compile_seconds
 from shiftnas.metrics import METRICS, metrics_of
 from shiftnas.record import SearchStore, TrialRecord
 from shiftnas.searchspace import NetCfg, Space, build_model, validate
@@ -68,12 +70,21 @@ class TrialEvaluator:
         return self.budget.load_space().for_data(d.in_chans, d.classes, d.input_size)
 
     def __call__(self, trial: optuna.Trial, net: NetCfg) -> TrialRecord:
-        """The trial's outcome."""
+        """The trial's outcome.
+
+        Its metrics include where the time went, as disjoint parts: `latency_s` (timing
+        or predicting it), `train_s` (proxy training) and `compile_s` (compiling and
+        autotuning kernels, wherever it happened: a new shape's Triton kernels, the
+        C++ kernels' first-use builds), which the other two exclude.
+        """
+        compiled = compile_seconds()
         try:
             out = self._evaluate(trial, net)
         except Exception as exc:  # a failing trial must not stop the search
             self.log(f"trial {trial.number} failed:\n{traceback.format_exc()}")
             out = self._outcome(trial, net, "failed", {}, False, f"{type(exc).__name__}: {exc}")
+        if out.reused_from is None and (spent := compile_seconds() - compiled) > 0:
+            out.metrics["compile_s"] = spent
         if out.state == "failed" and torch.device(self.device).type == "cuda":
             torch.cuda.empty_cache()
         shown = ", ".join(f"{k}={v:.5g}" for k, v in out.metrics.items())
@@ -113,10 +124,12 @@ class TrialEvaluator:
         if why := self._check(m, "cost"):
             return end("infeasible", m, False, why)
         if b.needs_latency:
+            t0, compiled = time.perf_counter(), compile_seconds()
             lat, facts = self.latency(trial.number, net)
             if facts:
                 self.store.set_latency(trial, facts)
             m.update(lat)
+            m["latency_s"] = time.perf_counter() - t0 - (compile_seconds() - compiled)
             if why := self._check(m, "latency"):
                 return end("infeasible", m, False, why)
         if self.proxies:
@@ -132,10 +145,12 @@ class TrialEvaluator:
         torch.manual_seed(b.train.seed)
         model = build_model(net.for_data(self.data.in_chans, self.data.classes,
                                           self.data.input_size))
+        compiled = compile_seconds()
         res = train(model, self.data, b.train, device=self.device, on_epoch=halving,
                     lock=self.lock)
         m.update({"accuracy": res.accuracy, "epochs": float(res.epochs),
-                  "train_s": res.wall_s, "images_per_s": res.images_per_s})
+                  "train_s": res.wall_s - (compile_seconds() - compiled),
+                  "images_per_s": res.images_per_s})
         if res.status in ("nan", "oom", "error"):
             return end("failed", m, False, f"{res.status}: {res.reason}")
         if res.status == "pruned":

@@ -73,7 +73,11 @@ def budget_summary(run: Run) -> dict[str, Any]:
     """
     states = Counter(t.state for t in run.trials)
     reused = [t for t in run.trials if t.reused_from is not None]
-    train = [t.metric("train_s") for t in run.trials if t.reused_from is None]
+    own = [t for t in run.trials if t.reused_from is None]  # a reused trial spent nothing
+
+    def spent(metric: str) -> float:
+        return sum(v for t in own if (v := t.metric(metric)) is not None)
+
     rejected = [t for t in run.trials if t.state == "infeasible" and t.metric("train_s") is None]
     infeasible = [t for t in run.trials
                   if t.state == "infeasible" or (t.state == "complete" and not t.feasible)]
@@ -81,7 +85,9 @@ def budget_summary(run: Run) -> dict[str, Any]:
         "trials": len(run.trials),
         "by_state": {s: states.get(s, 0) for s in STATES},
         "total_time_s": sum(t.duration_s or 0.0 for t in run.trials),
-        "training_time_s": sum(v for v in train if v is not None),
+        "training_time_s": spent("train_s"),
+        "latency_time_s": spent("latency_s"),
+        "compile_time_s": spent("compile_s"),
         "reused_duplicates": len(reused),
         "rejected_before_training": len(rejected),
         "infeasible": len(infeasible),
@@ -228,7 +234,9 @@ def write_report(run_dir: str | Path | Run, out_dir: str | Path | None = None,
            + (f"; {', '.join(budget)}" if budget else ""),
            f"- search wall time: {fmt_duration(b['elapsed_s'])}; evaluation time summed over "
            f"trials: {fmt_duration(b['total_time_s'])}, of which training "
-           f"{fmt_duration(b['training_time_s'])}",
+           f"{fmt_duration(b['training_time_s'])}, timing latency "
+           f"{fmt_duration(b['latency_time_s'])}, compiling and autotuning kernels "
+           f"{fmt_duration(b['compile_time_s'])}",
            f"- duplicates answered from an earlier trial (reused, not retrained): "
            f"{b['reused_duplicates']}",
            f"- rejected as infeasible before training: {b['rejected_before_training']} "

@@ -233,6 +233,23 @@ def test_cuda_latency(backend, used):
     assert r.backend == used
 
 
+@pytest.mark.gpu
+def test_on_a_gpu_folded_csc_blocks_are_timed_as_their_fused_kernels():
+    from shiftnas.evaluators.latency import _prepare
+    from shiftnas.kernels import CscInference
+
+    model = build_model(decode_net(NETS[0])).cuda().eval()  # csc blocks with fixed shifts
+    _randomise_bn(model)
+    cfg = LatencyCfg(dtype="float32", lock=None)
+    prepared, cl = _prepare(model, cfg, torch.device("cuda"))
+    assert cl and any(isinstance(m, CscInference) for m in prepared.modules())
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    with torch.no_grad():
+        want = model.double()(x.double())
+        got = prepared(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)  # TF32 GEMMs
+
+
 class _HostSync(nn.Module):
     """Reads a value back to the host mid-forward: a CUDA graph cannot capture that."""
 

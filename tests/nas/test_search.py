@@ -169,6 +169,42 @@ def test_a_failing_trial_does_not_stop_the_search_and_is_retried_on_resume(tmp_p
     assert len(retry) == 1 and retry[0].state == "complete" and retry[0].params == failed.params
 
 
+def test_kernel_compile_time_is_reported_apart_from_training(tmp_path, monkeypatch):
+    """A trial whose training compiled kernels for 1.5 s: train_s leaves it out, compile_s
+    holds it, and the report's time line adds it up as its own part."""
+    from shiftnas.results.report import budget_summary
+
+    clock = [100.0]  # this process's compile seconds, as kernels.compile_seconds reports them
+    monkeypatch.setattr(shiftnas.nas.trial, "compile_seconds", lambda: clock[0])
+    real, walls = shiftnas.nas.trial.train, []
+
+    def compiling(*a, **k):
+        clock[0] += 1.5  # as if the first forward pass compiled and tuned new kernels
+        res = real(*a, **k)
+        walls.append(res.wall_s)
+        return res
+
+    monkeypatch.setattr(shiftnas.nas.trial, "train", compiling)
+    run_dir = run_search(budget_from_dict(budget_dict(tmp_path, trials=2)))
+    recs = [r for r in records(run_dir).values() if r.reused_from is None]
+    assert len(recs) == 2 == len(walls)
+    for rec, wall in zip(sorted(recs, key=lambda r: r.number), walls):
+        assert rec.metric("compile_s") == pytest.approx(1.5)
+        assert rec.metric("train_s") == pytest.approx(wall - 1.5)
+    summary = budget_summary(open_run(run_dir))
+    assert summary["compile_time_s"] == pytest.approx(3.0)
+    assert "compiling and autotuning kernels 0m03s" in (run_dir / "report.md").read_text()
+
+
+def test_a_cpp_kernel_build_counts_as_compile_time():
+    from shiftnas.kernels import _cpu, compile_seconds
+
+    _cpu._kernel.cache_clear()  # the next call builds, or loads the cached build
+    before = compile_seconds()
+    _cpu.native_available()
+    assert compile_seconds() > before
+
+
 class _OutOfMemory(torch.nn.Module):
     """Fails its forward pass as a GPU out of memory does."""
 
