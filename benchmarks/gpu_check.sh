@@ -52,7 +52,7 @@ if [ "$DRY" = 1 ]; then  # the same steps on the CPU, sized to finish in well un
   DEV=cpu; T_BENCH=${T_BENCH:-120}; T_SEARCH=${T_SEARCH:-120}; T_TESTS=${T_TESTS:-120}
   SEARCH_S=15; TRIALS=3; WORKERS_TESTS=1
   TEST_ARGS=${TEST_ARGS:-tests/kernels/test_reference.py::test_integer_shift_backward_is_the_transpose}
-  BENCH_ARGS="--device cpu --quick --suite gpu --shapes 2x24x9x9 --reps 3"
+  BENCH_ARGS="--device cpu --quick --suite gpu --shapes 2x18x5x6 --reps 1"
   export TRITON_INTERPRET=1   # the GPU kernels, run by Triton's interpreter
 else
   DEV=cuda; T_BENCH=${T_BENCH:-75}; T_SEARCH=${T_SEARCH:-130}; T_TESTS=${T_TESTS:-170}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -73,3 +74,17 @@ def test_the_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert all(row.split("|")[2].strip() == "ok" for row in table[2:]), "\n".join(table)
     assert r.stdout.rstrip().endswith(table[-1])  # the table is printed last
     assert "shift/clone" in table[3] and "complete" in table[4] and "passed" in table[5]
+    # The GPU set of comparisons, run by the interpreter: every provider the device will time.
+    with (out / "kernels.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    seen = {(r["kernel"], r["metric"], r["provider"]) for r in rows}
+    for kernel, providers in (("shift", ("clone", "triton")),
+                              ("shift_conv1x1", ("conv1x1", "triton_fused")),
+                              ("active_shift", ("triton", "triton_integer")),
+                              ("csc_block", ("dw3x3", "shift"))):
+        for metric in ("fwd", "fwd+bwd"):
+            for provider in providers:
+                assert (kernel, metric, provider) in seen, (kernel, metric, provider)
+    assert ("csc_block", "fwd", "shift_block") in seen
+    assert all(r["mbytes"] for r in rows) and not any(r["floor_ms"] for r in rows)  # no CPU rates
+    assert "Triton compile + autotune:" in (out / "kernels.log").read_text()

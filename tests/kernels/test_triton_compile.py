@@ -37,18 +37,17 @@ def _gpu_env(*, pythonpath: str | None = None) -> dict[str, str]:
     return env
 
 
-# Compiled up to LLVM IR, in 2 processes, as the generic launch (no int specialisation). Measured on this project's 2-core
-# machine (shared with other jobs, triton 3.9, 222 jobs): to cubin 356-458 s
-# wall with 2 workers (~300-390 s CPU); the stages, serially, of 497 s: ttir 18,
-# ttgir 64, llir 142, ptx 48, cubin (ptxas) 224. Up to llir: 96 s wall with 2
-# workers, 150 s CPU (142-223 s wall while other jobs kept both cores busy;
-# the whole suite then took 8.6 min). That stage still meets every error of the Triton front end (shapes,
-# dtypes, tl.dot sizes), of layouts and pipelining, and of lowering to the
-# target, and it gives the shared memory per block; it skips LLVM's PTX
-# emission and ptxas, whose report (registers, spills) `benchmarks/triton_compile.py`
-# prints. One test, not one per kernel: under pytest-xdist each worker that
-# ran a test of a shared fixture would compile everything again.
-STAGE = "llir"
+# Compiled up to TritonGPU IR, in 2 processes, as the generic launch (no int
+# specialisation). Measured on this project's 2-core machine (triton 3.9, 190 jobs):
+# to ttgir 63 s wall; to LLVM IR 280 s while another job held one core (the whole
+# suite then took 11.5 min, over its 10-minute bar). The ttgir stage meets every
+# error of the Triton front end (shapes, dtypes, tl.dot sizes) and of layouts and
+# pipelining; lowering to the target, PTX and ptxas (registers, spills, the
+# instructions) are checked for five representative kernels down to SASS by
+# `test_channels_last_kernels_use_hopper_instructions`, and for every kernel by
+# `benchmarks/triton_compile.py`. One test, not one per kernel: under pytest-xdist
+# each worker that ran a test of a shared fixture would compile everything again.
+STAGE = "ttgir"
 
 
 def test_every_kernel_compiles_for_every_config_dtype_and_target(tmp_path):

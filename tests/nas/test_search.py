@@ -196,13 +196,23 @@ def test_kernel_compile_time_is_reported_apart_from_training(tmp_path, monkeypat
     assert "compiling and autotuning kernels 0m03s" in (run_dir / "report.md").read_text()
 
 
-def test_a_cpp_kernel_build_counts_as_compile_time():
+def test_a_cpp_kernel_build_counts_as_compile_time(monkeypatch):
+    from torch.utils import cpp_extension
+
     from shiftnas.kernels import _cpu, compile_seconds
 
-    _cpu._kernel.cache_clear()  # the next call builds, or loads the cached build
-    before = compile_seconds()
-    _cpu.native_available()
-    assert compile_seconds() > before
+    def slow_build(*a, **k):  # stands in for the compiler: 0.2 s, then a module
+        time.sleep(0.2)
+        return object()
+
+    monkeypatch.setattr(cpp_extension, "load", slow_build)
+    _cpu._kernel.cache_clear()
+    try:
+        before = compile_seconds()
+        assert _cpu.native_available()
+        assert compile_seconds() - before >= 0.2
+    finally:
+        _cpu._kernel.cache_clear()  # the next caller loads the real kernel
 
 
 class _OutOfMemory(torch.nn.Module):
