@@ -234,19 +234,21 @@ def test_cuda_latency(backend, used):
 
 
 @pytest.mark.gpu
-def test_on_a_gpu_folded_csc_blocks_are_timed_as_their_fused_kernels():
+def test_on_a_gpu_folded_csc_blocks_are_timed_as_their_fused_kernels(monkeypatch):
     from shiftnas.evaluators.latency import _prepare
     from shiftnas.kernels import CscInference
+    from shiftnas.kernels.dispatch import ENV_VAR
 
-    model = build_model(decode_net(NETS[0])).cuda().eval()  # csc blocks with fixed shifts
+    model = build_model(decode_net(NETS[0])).eval()  # csc blocks with fixed shifts
     _randomise_bn(model)
     cfg = LatencyCfg(dtype="float32", lock=None)
-    prepared, cl = _prepare(model, cfg, torch.device("cuda"))
+    prepared, cl = _prepare(model.cuda(), cfg, torch.device("cuda"))
     assert cl and any(isinstance(m, CscInference) for m in prepared.modules())
-    x = torch.randn(4, 3, 16, 16, device="cuda")
+    x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
-        want = model.double()(x.double())
-        got = prepared(x.contiguous(memory_format=torch.channels_last))
+        got = prepared(x.cuda().contiguous(memory_format=torch.channels_last)).cpu()
+        monkeypatch.setenv(ENV_VAR, "reference")  # the spec's ops, in float64 on the CPU
+        want = model.cpu().double()(x.double())
     torch.testing.assert_close(got.double(), want, rtol=2e-2, atol=2e-2)  # TF32 GEMMs
 
 
