@@ -46,8 +46,9 @@ from torch import nn
 
 from shiftnas.config import check, is_int, is_num
 from shiftnas.errors import ArchError, ConfigError
-from shiftnas.searchspace import NetCfg, build_model, save_arch
+from shiftnas.searchspace import NetCfg, build_model, load_arch, save_arch
 from shiftnas.searchspace.genome import StageCfg
+from shiftnas.searchspace.space import ENQUEUED_ARCH
 
 from .cost import net_cost
 from .datasets import DataBundle
@@ -623,3 +624,61 @@ def iter_rows(d: Decomposed) -> Iterator[str]:
                f"{r.fit_error:7.3f} {r.datafree_error:7.3f} "
                f"{r.params_before:>7,d}->{r.params_after:<7,d} "
                f"{r.macs_before:>10,d}->{r.macs_after:<10,d}")
+
+
+# ----------------------------------------------------------------------------
+# Decomposed networks as a search's first trials (budget `decomposed`)
+# ----------------------------------------------------------------------------
+
+INIT_FROM = "init_from"  # user attribute of an enqueued trial: the decompose folder it came from
+
+
+def decomposed_dirs(v: Any, where: str) -> tuple[str, ...]:
+    """The budget's `decomposed`: folders written by `shiftnas decompose --out` (absolute)."""
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise ConfigError(f"{where}: must be a list of folders written by `shiftnas decompose "
+                          f"--out` (each holds arch.yaml and weights.pt), got {v!r}.")
+    out = []
+    for i, d in enumerate(v):
+        p = Path(d).expanduser()
+        missing = [f for f in ("arch.yaml", "weights.pt") if not (p / f).is_file()]
+        if missing:
+            raise ConfigError(f"{where}[{i}]: {d} holds no {' and no '.join(missing)}; give a "
+                              f"folder written by `shiftnas decompose --out`.")
+        try:
+            load_arch(p / "arch.yaml")
+        except ArchError as exc:
+            raise ConfigError(f"{where}[{i}]: {exc}") from None
+        out.append(str(p.resolve()))
+    return tuple(out)
+
+
+def enqueue_decomposed(study: Any, dirs: tuple[str, ...], data: DataBundle) -> int:
+    """Queue each folder's network as a trial of `study` (once per search: a folder already
+    queued, run or finished is skipped). Returns how many were queued.
+
+    The trial asks the sampler nothing (`searchspace.space.sample` returns its network)
+    and starts proxy training from the folder's weights (`init_weights`). The weights
+    are checked against the data set now, so a misfit stops the launch, not a trial.
+    """
+    seen = {t.user_attrs.get(INIT_FROM) for t in study.get_trials(deepcopy=False)}
+    n = 0
+    for d in dirs:
+        if d in seen:
+            continue
+        net = load_arch(Path(d) / "arch.yaml", classes=data.classes, in_chans=data.in_chans,
+                        input_size=data.input_size)
+        where = f"budget.decomposed: {d}/weights.pt"
+        load_weights(build_model(net, fuse=False), read_state_dict(Path(d) / "weights.pt", where),
+                     net, f"{where} (for {data.describe()})")
+        study.enqueue_trial({}, user_attrs={ENQUEUED_ARCH: net.encode(), INIT_FROM: d})
+        n += 1
+    return n
+
+
+def init_weights(model: nn.Module, trial: Any) -> None:
+    """Start `model` from the decomposed weights its trial was queued with (else leave it)."""
+    if d := trial.user_attrs.get(INIT_FROM):
+        model.load_state_dict(read_state_dict(Path(d) / "weights.pt", "budget.decomposed"))

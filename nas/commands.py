@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shiftnas.config import int_arg
 from shiftnas.errors import ConfigError, ShiftNASError, StorageError
+from shiftnas.evaluators.decompose import enqueue_decomposed
 from shiftnas.files import atomic_write
 from shiftnas.results.commands import add_run_source
 
@@ -120,6 +121,7 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
     existed = open_search(budget, url, artifacts, device, view)
     store = SearchStore.open(url, budget.name, artifacts=artifacts)
     store.retry_failed(view.log)
+    enqueue_decomposed(store.study, budget.decomposed, data)
     _say(budget, store, url, existed, view)
     if budget.engine == "ray":
         from .ray_driver import run_ray

@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from shiftnas.errors import ArchError
 from shiftnas.evaluators.cost import net_cost
 from shiftnas.evaluators.datasets import DataBundle, load_data
+from shiftnas.evaluators.decompose import init_weights
 from shiftnas.evaluators.device import DeviceLock
 from shiftnas.evaluators.proxies import compute_proxies
 from shiftnas.evaluators.training import train
@@ -185,6 +186,7 @@ class TrialEvaluator:
         torch.manual_seed(b.train.seed)
         model = build_model(net.for_data(self.data.in_chans, self.data.classes,
                                           self.data.input_size))
+        init_weights(model, trial)
         res = train(model, self.data, b.train, device=self.device, on_epoch=halving,
                     lock=self.lock)
         m.update({"accuracy": res.accuracy, "epochs": float(res.epochs),

@@ -53,6 +53,7 @@ from .genome import (
     NetCfg,
     StageCfg,
     allowed_downs,
+    decode_net,
 )
 
 SPACES_DIR = Path(__file__).parent / "spaces"
@@ -302,8 +303,16 @@ def sample_with(space: Space, suggest: Suggest) -> NetCfg:
                   space.in_chans, space.classes, space.input_size)
 
 
+# A trial enqueued with its network (its canonical string in this user attribute, e.g. a
+# network `shiftnas decompose` wrote) is evaluated as it is: nothing is sampled for it.
+ENQUEUED_ARCH = "enqueued_arch"
+
+
 def sample(space: Space, trial) -> NetCfg:
-    """Draw a network through an Optuna trial (define-by-run, conditional parameters)."""
+    """Draw a network through an Optuna trial (define-by-run, conditional parameters);
+    a trial enqueued with a network (`ENQUEUED_ARCH`) gets it, set to the space's data."""
+    if arch := trial.user_attrs.get(ENQUEUED_ARCH):
+        return decode_net(arch).for_data(space.in_chans, space.classes, space.input_size)
     return sample_with(space, trial.suggest_categorical)
 
 
