@@ -289,8 +289,10 @@ def _gram(x: torch.Tensor, y: torch.Tensor, stride: int, positions: int, batch: 
     target `y` at `positions` random output positions per image (all when there are fewer).
 
     Hundreds of images at every position of a 28x28 map give ~400k rows for at
-    most 9C = 576 unknowns per output; a few dozen positions per image fit as well
-    and cost a tenth of the time.
+    most 9C = 576 unknowns per output; a few dozen positions per image fit as well:
+    ResNet-20 on 28x28 Fashion-MNIST, E = 1, 512 images, held-out layer errors
+    0.127-0.239 (mean 0.180) with all 784 positions, 0.126-0.231 (mean 0.176) with
+    64, and the whole conversion in 35 s instead of 54 s (one thread).
     """
     n, c, h, w = x.shape
     ho, wo = y.shape[-2:]
