@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import statistics
 import time
 from collections import defaultdict
@@ -204,17 +205,29 @@ def latency(args: argparse.Namespace) -> None:
     write_rows(args.csv, rows)
 
 
+def config_of(shape: str) -> str:
+    """The run configuration a row belongs to: its shape without the layer, seed and batch."""
+    if shape.startswith("stages."):  # a layer's row: "<layer>@<shape>"
+        shape = shape.split("@", 1)[1]
+    return re.sub(r"-seed\d+(-batch1)?$", "", shape)
+
+
 def table(path: Path) -> str:
-    """Mean (and spread over seeds) of every metric per variant, as a markdown table."""
-    vals: dict[tuple[str, str], list[float]] = defaultdict(list)
-    layer_err: dict[str, list[float]] = defaultdict(list)
+    """Per configuration, the mean (and spread over seeds) of every metric per variant."""
+    vals: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    layer_err: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with path.open(newline="") as f:
         for r in csv.DictReader(f):
+            c = config_of(r["shape"])
             if r["kernel"] == "decompose":
-                vals[(r["provider"], r["metric"])].append(float(r["median"]))
+                vals[c][(r["provider"], r["metric"])].append(float(r["median"]))
             elif r["metric"] == "error":
-                layer_err[r["provider"]].append(float(r["median"]))
+                layer_err[c][r["provider"]].append(float(r["median"]))
+    return "\n\n".join(_table(c, vals[c], layer_err[c]) for c in vals)
 
+
+def _table(config: str, vals: dict[tuple[str, str], list[float]],
+           layer_err: dict[str, list[float]]) -> str:
     def cell(v: str, m: str, fmt: str = "{:.4f}") -> str:
         xs = [x for x in vals.get((v, m), []) if x == x]
         if not xs:
@@ -223,16 +236,19 @@ def table(path: Path) -> str:
         return s + (f" ± {statistics.stdev(xs):.4f}" if len(xs) > 1 and "acc" in m else "")
 
     base = statistics.mean(vals[("original", "macs")])
+    seeds = len(vals[("original", "accuracy")])
     cols = ["accuracy", "accuracy_converted", "accuracy_recalibrated", "accuracy_finetune1",
             "accuracy_finetune5", "accuracy_scratch1", "accuracy_scratch5"]
-    lines = ["| network | MACs | params | ORT ms (median / min) | max layer error | "
+    lines = [f"{config} ({seeds} seeds; mean ± standard deviation)", "",
+             "| network | MACs | params | ORT ms (median / min) | layer error (mean / max) | "
              + " | ".join(c.replace("accuracy_", "") for c in cols) + " |",
              "|" + "---|" * (5 + len(cols))]
     for v in VARIANTS:
         if (v, "macs") not in vals:
             continue
         macs = statistics.mean(vals[(v, "macs")])
-        err = f"{max(layer_err[v]):.3f}" if layer_err.get(v) else ""
+        errs = layer_err.get(v)
+        err = f"{statistics.mean(errs):.3f} / {max(errs):.3f}" if errs else ""
         lines.append(f"| {v} | {macs / 1e6:.2f} M ({macs / base:.0%}) | "
                      f"{statistics.mean(vals[(v, 'params')]):,.0f} | "
                      f"{cell(v, 'latency_ort_median', '{:.3f}')} / "
