@@ -84,19 +84,26 @@ class _Walker:
     def pool(self, name, c, hw, stride=2):
         return self._add(name, "pool", c, hw, c, (out_size(hw[0], stride), out_size(hw[1], stride)))
 
-    def spatial(self, name, b: BlockCfg, c, hw, stride=1, fused=False):
-        """The block's spatial op: a shift (zero MACs) or a 3x3 baseline convolution."""
+    def spatial(self, name, b: BlockCfg, c, hw, stride=1, fused=False, copies=1):
+        """The block's spatial op: a shift (zero MACs) or a 3x3 baseline convolution.
+
+        With `copies` > 1 it runs over that many copies of its `c` input channels
+        (a separable basic block, spec section 7): shifts and depthwise kernels
+        read the input once and write `copies * c` channels (the copies are
+        addressing, not work); a full 3x3 convolution reads the copies.
+        """
+        co = copies * c
         if b.kind == "dwconv3x3":
-            return self.conv(name, c, c, hw, 3, stride, groups=c)
+            return self.conv(name, c, co, hw, 3, stride, groups=c)
         if b.kind == "conv3x3":
-            return self.conv(name, c, c, hw, 3, stride)
+            return self.conv(name, co, co, hw, 3, stride)
         ho = (out_size(hw[0], stride), out_size(hw[1], stride))
-        p = 2 * c if b.kind in ("active", "sparse") else 0
+        p = 2 * co if b.kind in ("active", "sparse") else 0
         if fused and self.fuse and b.kind == "fixed":
             # Folded into the next 1x1 convolution's loads: never touches memory on its own.
-            self.layers.append(LayerCost(name, "shift", (c, *hw), (c, *ho), 0, 0, 0, 0))
+            self.layers.append(LayerCost(name, "shift", (c, *hw), (co, *ho), 0, 0, 0, 0))
             return ho
-        return self._add(name, "shift", c, hw, c, ho, p, weight_read=p)
+        return self._add(name, "shift", c, hw, co, ho, p, weight_read=p)
 
     def shortcut(self, name, cin, cout, hw, stride, down, bn=True):
         if stride > 1 and down == "avgpool":
@@ -165,15 +172,24 @@ def _bottleneck3(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
 
 def _basic(w: _Walker, p: str, b: BlockCfg, cin: int, cout: int, hw):
     s = b.stride
-    y = w.conv(f"{p}.conv1", cin, cout, hw, 3, s)
+    y = _conv3x3(w, f"{p}", 1, b, cin, cout, hw, s)
     w.bn(f"{p}.bn1", cout, y)
     w.relu(f"{p}.act1", cout, y)
-    w.conv(f"{p}.conv2", cout, cout, y, 3)
+    _conv3x3(w, f"{p}", 2, b, cout, cout, y, 1)
     w.bn(f"{p}.bn2", cout, y)
     if s != 1 or cin != cout:
         w.shortcut(f"{p}.shortcut", cin, cout, hw, s, b.down)
     w.add(f"{p}.add", cout, y)
     return w.relu(f"{p}.act2", cout, y)
+
+
+def _conv3x3(w: _Walker, p: str, i: int, b: BlockCfg, cin: int, cout: int, hw, stride: int):
+    """A basic block's i-th 3x3 convolution, or its separable form: the spatial op over
+    `mult` copies of the input (taking the stride), then a 1x1 (spec section 7)."""
+    if not b.mult:
+        return w.conv(f"{p}.conv{i}", cin, cout, hw, 3, stride)
+    y = w.spatial(f"{p}.shift{i}", b, cin, hw, stride, fused=True, copies=b.mult)
+    return w.conv(f"{p}.conv{i}", b.mult * cin, cout, y)
 
 
 _BLOCKS = {"csc": _csc, "asl_preact": _asl_preact, "bottleneck3": _bottleneck3, "basic": _basic}

@@ -113,7 +113,10 @@ class DataBundle:
         if self.flip:
             m = torch.rand(n, device=x.device, generator=generator) < 0.5
             x = torch.where(m[:, None, None, None], x.flip(3), x)
-        return x.contiguous()
+        # Not `.contiguous()`: with one channel the gathered batch has strides (HW, 1, W, 1),
+        # which count as contiguous, and oneDNN's weight gradient of the stem convolution
+        # corrupts the heap on them (torch 2.13, one thread: "corrupted double-linked list").
+        return x.clone(memory_format=torch.contiguous_format)
 
     def describe(self) -> str:
         return (f"{self.name}: {len(self.train_y)} train / {len(self.val_y)} validation, "

@@ -341,7 +341,10 @@ class _SparseShiftFn(torch.autograd.Function):
     def backward(ctx, g):
         x, theta = ctx.saved_tensors
         dx = shift_transpose_native(g, ctx.offsets, ctx.stride, tuple(x.shape[-2:]))
-        return dx, ref.active_shift_theta_grad(x, theta, g, ctx.stride), None
+        # A frozen shift (theta without grad) skips the bilinear reduction: most of the step.
+        dtheta = (ref.active_shift_theta_grad(x, theta, g, ctx.stride)
+                  if ctx.needs_input_grad[1] else None)
+        return dx, dtheta, None
 
 
 def sparse_shift(x: torch.Tensor, theta: torch.Tensor, stride: int = 1) -> torch.Tensor:

@@ -9,8 +9,9 @@ follows docs/spec.md:
   concat (ONNX: Pad, Slice, Concat);
 - active shift: the bilinear map of spec section 2 as two per-channel sampling
   matrices, ``y = M_rows @ x @ M_cols^T`` (ONNX: Floor, Equal, MatMul);
-- sparse shift: the same matrices at ``round(theta)`` (half to even, like
-  ``torch.round`` and ONNX ``Round``), with a straight-through backward in training.
+- sparse shift: the integer shift by ``round(theta)`` (half to even, like
+  ``torch.round`` and ONNX ``Round``) as one gather (ONNX: GatherElements), with
+  a straight-through backward in training (the active shift's matrices).
 """
 
 from __future__ import annotations
@@ -91,6 +92,25 @@ def bilinear_shift(x: torch.Tensor, theta: torch.Tensor, stride: int = 1) -> tor
     return torch.matmul(torch.matmul(rows, x), cols.transpose(1, 2))
 
 
+def integer_shift(x: torch.Tensor, offsets: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Spec section 1 with an arbitrary integer offset per channel (`offsets`: `(C, 2)`,
+    vertical then horizontal): one gather of each output's source, zero outside.
+
+    Offsets are data (a sparse shift's rounded theta), not a plan: the indices come
+    from them by arithmetic, so the graph (ONNX: GatherElements and a mask) does not
+    depend on their values, and ONNX Runtime folds it once for constant offsets.
+    """
+    n, c, h, w = x.shape
+    ho, wo = (h + stride - 1) // stride, (w + stride - 1) // stride
+    off = offsets.to(torch.int64)
+    rows = torch.arange(ho, device=x.device)[None, :] * stride + off[:, :1]  # (C, Ho)
+    cols = torch.arange(wo, device=x.device)[None, :] * stride + off[:, 1:]  # (C, Wo)
+    inside = (((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :])
+    src = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]  # (C, Ho, Wo)
+    y = torch.gather(x.reshape(n, c, h * w), 2, src.reshape(1, c, ho * wo).expand(n, -1, -1))
+    return y.reshape(n, c, ho, wo) * inside.to(x.dtype)
+
+
 class LearnedShift(nn.Module):
     """Per-channel learned offsets theta[c] = (alpha_c, beta_c): vertical, then horizontal.
 
@@ -131,7 +151,7 @@ class SparseShift(LearnedShift):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = bilinear_shift(x, torch.round(self.theta), self.stride)
+        y = integer_shift(x, torch.round(self.theta), self.stride)
         if self.training and self.theta.requires_grad:
             real = bilinear_shift(x.detach(), self.theta, self.stride)
             y = y + (real - real.detach())  # adds exactly 0; carries dtheta

@@ -233,7 +233,8 @@ class _SparseShiftFn(torch.autograd.Function):
         with torch.enable_grad():
             xd = x.detach().requires_grad_(True)
             (dx,) = torch.autograd.grad(gather_shift(xd, r[:, 0], r[:, 1], ctx.stride), xd, g)
-        return dx, active_shift_theta_grad(x, theta, g, ctx.stride), None
+        dtheta = active_shift_theta_grad(x, theta, g, ctx.stride) if ctx.needs_input_grad[1] else None
+        return dx, dtheta, None
 
 
 def sparse_shift(x: torch.Tensor, theta: torch.Tensor, stride: int = 1) -> torch.Tensor:

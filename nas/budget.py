@@ -22,6 +22,7 @@ from shiftnas.config import FieldError, cfg_from_dict, is_int, is_num, read_yaml
 from shiftnas.config import check as _rule
 from shiftnas.errors import ConfigError, ShiftNASError
 from shiftnas.evaluators.datasets import DataCfg
+from shiftnas.evaluators.decompose import decomposed_dirs
 from shiftnas.evaluators.latency import LatencyCfg
 from shiftnas.evaluators.proxies import PROXIES
 from shiftnas.evaluators.training import TrainCfg
@@ -34,7 +35,8 @@ KEEP_WEIGHTS = ("all", "front", "none")
 # Fields that may change when a run is resumed or joined; any other change is another search.
 # The first ones are amounts; the rest say *where* things are, not what a trial means.
 RESUMABLE = ("trials", "time_budget", "workers", "threads", "export", "onnx",
-             "stop_after_failures", "keep_weights", "storage", "artifacts", "out_dir")
+             "stop_after_failures", "keep_weights", "storage", "artifacts", "out_dir",
+             "decomposed")
 LOCATION = (("data", "path"),)  # nested location fields (the data may move)
 
 
@@ -107,6 +109,7 @@ class Budget:
     ray: RayCfg = field(default_factory=RayCfg)
     export: str | None = "max accuracy"  # which trial to export when the search ends (None = none)
     onnx: bool = False  # export ONNX as well
+    decomposed: tuple[str, ...] = ()  # `shiftnas decompose` folders: first trials, weights as init
 
     @property
     def run_dir(self) -> Path:
@@ -227,6 +230,8 @@ def budget_from_dict(d: Any, where: str = "budget") -> Budget:
             if not isinstance(v, list):
                 raise ConfigError(f"{w}: must be a list of strings like 'params <= 300000', got {v!r}.")
             kw[k] = tuple(Constraint.parse(c, f"{w}[{i}]") for i, c in enumerate(v))
+        elif k == "decomposed":
+            kw[k] = decomposed_dirs(v, w)
         elif k == "time_budget":
             kw[k] = parse_duration(v, w)
         elif k == "proxies":

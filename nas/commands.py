@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shiftnas.config import int_arg
 from shiftnas.errors import ConfigError, ShiftNASError, StorageError
+from shiftnas.evaluators.decompose import load_decomposed
 from shiftnas.files import atomic_write
 from shiftnas.record import (
     FINISHED,
@@ -122,9 +123,12 @@ def run_search(budget: Budget, *, resume: bool = False) -> Path:
         raise ConfigError(f"--resume: {budget.run_dir} holds no run yet; drop --resume to start it.")
     # The data set is read before anything is written: a bad data directory leaves no run behind.
     data = load_data(budget.data, device)
+    seeds = {d: load_decomposed(d, data).encode() for d in budget.decomposed}  # fit, or stop here
     url, artifacts = resolve_storage(budget, view)
     store, existed = open_search(budget, url, artifacts, device, view)
     store.retry_failed(view.log)
+    for folder, arch in seeds.items():  # decomposed networks first, once per search
+        store.enqueue_network(arch, folder)
     _say(budget, store, url, existed, view)
     if budget.engine == "ray":
         from .ray_driver import run_ray

@@ -21,11 +21,20 @@ import time
 import optuna
 
 from shiftnas.record import RunDir, SearchStore, TrialRecord, new_session_id
-from shiftnas.searchspace import NetCfg, Space, sample
+from shiftnas.searchspace import NetCfg, Space, decode_net, sample
 
 from .budget import Budget
 from .progress import Progress
 from .trial import TrialEvaluator
+
+
+def trial_network(store: SearchStore, space: Space, trial: optuna.Trial) -> NetCfg:
+    """The network `trial` evaluates: the one it was queued with (a `shiftnas decompose`
+    network, `SearchStore.enqueue_network`), set to the space's data; else sampled."""
+    arch, _ = store.queued_network(trial)
+    if arch:
+        return decode_net(arch).for_data(space.in_chans, space.classes, space.input_size)
+    return sample(space, trial)
 
 
 class TrialFailed(Exception):
@@ -59,7 +68,7 @@ class TrialLoop:
             return store.mark_surplus(trial)
         if net is None:
             assert self.space is not None, "sampling needs the space"
-            net = sample(self.space, trial)
+            net = trial_network(store, self.space, trial)
         try:
             out = self.evaluator(trial, net)
         except KeyboardInterrupt:

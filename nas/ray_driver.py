@@ -18,10 +18,10 @@ from typing import Any
 
 from shiftnas.errors import ConfigError
 from shiftnas.record import RunDir, SearchStore, mask
-from shiftnas.searchspace import decode_net, sample
+from shiftnas.searchspace import decode_net
 
 from .budget import Budget
-from .loop import TrialLoop
+from .loop import TrialLoop, trial_network
 from .optuna_driver import SearchFailed
 from .progress import Progress
 from .sampling import make_sampler
@@ -47,7 +47,7 @@ def _searcher_class():
             if not self.loop.keep_going():
                 return Searcher.FINISHED
             trial = self.loop.store.ask()
-            net = sample(self.loop.space, trial)
+            net = trial_network(self.loop.store, self.loop.space, trial)
             self._live[trial_id] = trial.number
             return {"number": trial.number, "trial_id": trial._trial_id, "arch": net.encode()}
 

@@ -17,6 +17,7 @@ evaluation, so a failed upload fails the trial, not the search).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import traceback
@@ -30,6 +31,7 @@ import torch
 from shiftnas.errors import ArchError
 from shiftnas.evaluators.cost import net_cost
 from shiftnas.evaluators.datasets import DataBundle, load_data
+from shiftnas.evaluators.decompose import init_weights
 from shiftnas.evaluators.device import DeviceLock
 from shiftnas.evaluators.proxies import compute_proxies
 from shiftnas.evaluators.training import train
@@ -84,7 +86,7 @@ class TrialEvaluator:
             self.log(f"trial {trial.number} failed:\n{traceback.format_exc()}")
             out = self._outcome(trial, net, "failed", {}, False, f"{type(exc).__name__}: {exc}")
         if out.reused_from is None and (spent := compile_seconds() - compiled) > 0:
-            out.metrics["compile_s"] = spent
+            out = dataclasses.replace(out, metrics={**out.metrics, "compile_s": spent})
         if out.state == "failed" and torch.device(self.device).type == "cuda":
             torch.cuda.empty_cache()
         shown = ", ".join(f"{k}={v:.5g}" for k, v in out.metrics.items())
@@ -145,6 +147,8 @@ class TrialEvaluator:
         torch.manual_seed(b.train.seed)
         model = build_model(net.for_data(self.data.in_chans, self.data.classes,
                                           self.data.input_size))
+        if init_from := self.store.queued_network(trial)[1]:
+            init_weights(model, init_from)  # a decomposed network: trained from its weights
         compiled = compile_seconds()
         res = train(model, self.data, b.train, device=self.device, on_epoch=halving,
                     lock=self.lock)

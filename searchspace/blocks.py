@@ -137,19 +137,38 @@ class Bottleneck3Block(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block (the baseline): conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, ReLU."""
+    """ResNet basic block (the baseline): conv3x3 -> BN -> ReLU -> conv3x3 -> BN, + shortcut, ReLU.
+
+    With `mult` R >= 1 each 3x3 convolution is separable (docs/spec.md section 7): its
+    input repeated R times (channel t*C + i is copy t of channel i), the spatial op
+    `shift{1,2}` over the R*C copies (taking the stride), then the 1x1 `conv{1,2}`.
+    """
 
     FOLDS = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, down: str = "conv"):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, down: str = "conv",
+                 op: OpFactory | None = None, mult: int = 0):
         super().__init__()
-        self.conv1, self.bn1, self.act1 = conv3x3(c_in, c_out, stride), nn.BatchNorm2d(c_out), nn.ReLU()
-        self.conv2, self.bn2 = conv3x3(c_out, c_out), nn.BatchNorm2d(c_out)
+        self.mult = mult
+        if mult:
+            self.shift1, self.conv1 = op(mult * c_in, stride), conv1x1(mult * c_in, c_out)
+            self.shift2, self.conv2 = op(mult * c_out, 1), conv1x1(mult * c_out, c_out)
+            self.fusable = (("shift1", "conv1"), ("shift2", "conv2"))
+        else:
+            self.shift1, self.shift2 = nn.Identity(), nn.Identity()
+            self.conv1, self.conv2 = conv3x3(c_in, c_out, stride), conv3x3(c_out, c_out)
+        self.bn1, self.act1 = nn.BatchNorm2d(c_out), nn.ReLU()
+        self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = projection(c_in, c_out, stride, down)
         self.act2 = nn.ReLU()
 
+    def copies(self, x: torch.Tensor) -> torch.Tensor:
+        """`mult` copies of `x` along the channels, copy-major (the spatial op's input)."""
+        return x.repeat(1, self.mult, 1, 1) if self.mult > 1 else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        y = self.act1(self.bn1(self.conv1(self.shift1(self.copies(x)))))
+        y = self.bn2(self.conv2(self.shift2(self.copies(y))))
         return self.act2(y + (x if self.shortcut is None else self.shortcut(x)))
 
 

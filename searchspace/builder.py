@@ -31,14 +31,14 @@ def block_args(b: BlockCfg, c_in: int, c_out: int) -> dict[str, Any]:
 
     Every constructor parameter named like a genome field the block uses takes
     that field; `mid` is the middle width `round(e * C_out)`; `op` is the spatial
-    op (an `Op`). Adding a block family with new genome fields needs nothing here.
+    op (an `Op`), given when the block uses a `kind` (a plain basic block does not). Adding a block family with new genome fields needs nothing here.
     """
     params = inspect.signature(BLOCKS[b.family]).parameters
     used = b.used_fields
     args: dict[str, Any] = {"c_in": c_in, "c_out": c_out}
     if "mid" in params:
         args["mid"] = mid_width(b.e, c_out)
-    if "op" in params:
+    if "op" in params and "kind" in used:
         args["op"] = Op(b.kind, {k: getattr(b, k) for k in ("nbhd", "init") if k in used})
     args.update({k: getattr(b, k) for k in used if k in params})
     return args

@@ -20,6 +20,7 @@ from shiftnas.kernels.reference import NEIGHBOURHOODS
 
 MAX_E = 64  # expansion ratios above this are typos, not architectures
 MAX_REPEAT = 1000  # most blocks a `block*count` run may stand for
+MAX_MULT = 64  # channel multipliers above this are typos, not architectures
 FAMILIES = ("csc", "asl_preact", "bottleneck3", "basic")
 KINDS = ("fixed", "active", "sparse", "dwconv3x3", "conv3x3")
 SHIFT_KINDS = ("fixed", "active", "sparse")
@@ -45,7 +46,7 @@ FAMILY_FIELDS = {
     "csc": ("kind", "init", "nbhd", "e", "stride", "down"),
     "asl_preact": ("kind", "init", "nbhd", "e", "stride", "down"),
     "bottleneck3": ("kind", "init", "nbhd", "placement", "e", "stride", "down"),
-    "basic": ("stride", "down"),
+    "basic": ("mult", "kind", "init", "nbhd", "stride", "down"),
 }
 
 
@@ -91,6 +92,7 @@ class BlockCfg:
     e: float = 1.0  # expansion ratio: middle width M = round(e * C_out)
     stride: int = 1  # 1, or 2 to halve the resolution
     down: str = ""  # where the stride is taken: conv | shift | avgpool ("" = the family's default)
+    mult: int = 0  # basic only: 0 = 3x3 convs; R >= 1 = each is `kind` over R copies + 1x1 (spec 7)
 
     def __post_init__(self) -> None:
         _check_choice("family", self.family, FAMILIES)
@@ -102,6 +104,9 @@ class BlockCfg:
                 or not 0 < self.e <= MAX_E):
             raise ArchError(f"`e` must be a number in (0, {MAX_E}], got {self.e!r}.")
         object.__setattr__(self, "e", float(self.e))
+        if (isinstance(self.mult, bool) or not isinstance(self.mult, int)
+                or not 0 <= self.mult <= MAX_MULT):
+            raise ArchError(f"`mult` must be an integer in [0, {MAX_MULT}], got {self.mult!r}.")
         if self.stride not in (1, 2) or isinstance(self.stride, bool):
             raise ArchError(f"`stride` must be 1 or 2, got {self.stride!r}.")
         down = self.down or DEFAULT_DOWN[self.family]
@@ -120,6 +125,8 @@ class BlockCfg:
         the builder all ask it.
         """
         used = list(FAMILY_FIELDS[self.family])
+        if self.family == "basic" and self.mult == 0:  # plain 3x3 convolutions: no spatial op
+            used = [f for f in used if f not in ("kind", "init", "nbhd")]
         if self.kind not in SHIFT_KINDS:
             used = [f for f in used if f not in ("nbhd", "init")]
         elif self.kind == "fixed":
@@ -242,6 +249,8 @@ def encode_block(b: BlockCfg) -> str:
             toks.append(getattr(b, f))
     if "e" in used:
         toks.append("e" + _fmt_num(b.e))
+    if "mult" in used and b.mult:  # 0, the plain basic block, is not written
+        toks.append(f"m{b.mult}")
     toks.append(f"s{b.stride}")
     if "down" in used:
         toks.append("d" + b.down)
@@ -259,11 +268,13 @@ def decode_block(s: str) -> BlockCfg:
     - the learned-shift initialisation ``grid|uniform`` (active and sparse only)
     - the placement ``single|multi`` (bottleneck3 only)
     - ``e<ratio>``: expansion, e.g. ``e3``, ``e0.25``
+    - ``m<copies>``: basic only, each 3x3 conv as the spatial op over that many
+      copies of its input and a 1x1 (docs/spec.md section 7), e.g. ``m3``
     - ``s<stride>``: ``s1`` or ``s2``
     - ``d<where>``: where a stride-2 block takes its stride, ``dconv|dshift|davgpool``
 
     Omitted fields take their defaults; a token a family does not use is an
-    error. Example: ``csc-fixed-8c-e3-s2-dconv``, ``basic-s1``.
+    error. Example: ``csc-fixed-8c-e3-s2-dconv``, ``basic-s1``, ``basic-sparse-8c-grid-m3-s1``.
     """
     toks = s.strip().split("-")
     if not toks or toks[0] not in FAMILIES:
@@ -275,15 +286,17 @@ def decode_block(s: str) -> BlockCfg:
         key = next((k for k, voc in _VOCAB.items() if t in voc), None)
         val: object = t
         if key is None:
-            m = re.fullmatch(r"e(\d+(?:\.\d+)?)|s(\d+)|d(\w+)", t)
+            m = re.fullmatch(r"e(\d+(?:\.\d+)?)|s(\d+)|d(\w+)|m(\d+)", t)
             if not m:
                 raise ArchError(f"block {s!r}: unknown token {t!r} (see decode_block's grammar).")
             if m.group(1) is not None:
                 key, val = "e", float(m.group(1))
             elif m.group(2) is not None:
                 key, val = "stride", int(m.group(2))
-            else:
+            elif m.group(3) is not None:
                 key, val = "down", m.group(3)
+            else:
+                key, val = "mult", int(m.group(4))
         if key in kw:
             raise ArchError(f"block {s!r}: field {key!r} is given twice.")
         kw[key] = val
@@ -378,8 +391,10 @@ def archid(net: NetCfg) -> str:
 
 def shift_widths(b: BlockCfg, c_in: int, c_out: int) -> list[int]:
     """Channel counts of every shift in a block (empty when the block has none)."""
-    if b.family == "basic" or b.kind not in SHIFT_KINDS:
+    if b.kind not in SHIFT_KINDS or (b.family == "basic" and not b.mult):
         return []
+    if b.family == "basic":  # one shift over `mult` copies of each conv's input
+        return [b.mult * c_in, b.mult * c_out]
     m = mid_width(b.e, c_out)
     if b.family == "bottleneck3" and b.placement == "multi":
         return [c_in, m, m]

@@ -44,6 +44,7 @@ from .genome import (
     INITS,
     KINDS,
     MAX_E,
+    MAX_MULT,
     NBHDS,
     PLACEMENTS,
     SKELETONS,
@@ -59,7 +60,7 @@ DEFAULT_SPACE = "cifar_shift"
 PER = ("block", "stage", "network")
 BLOCK_FIELDS: dict[str, tuple] = {
     "family": FAMILIES, "kind": KINDS, "nbhd": NBHDS, "init": INITS,
-    "placement": PLACEMENTS, "e": (), "down": DOWNS,
+    "placement": PLACEMENTS, "e": (), "down": DOWNS, "mult": (),
 }
 _DEFAULT_BLOCK = {k: getattr(BlockCfg(), k) for k in BLOCK_FIELDS if k != "down"}
 _DEFAULT_BLOCK["down"] = ""
@@ -172,6 +173,10 @@ def _choice(key: str, v: Any, where: str) -> Choice:
         if key == "e":
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= MAX_E:
                 raise _err(where, f"expansion ratios must be numbers in (0, {MAX_E}], got {x!r}.")
+        elif key == "mult":
+            if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_MULT:
+                raise _err(where, f"copies per channel (mult) must be integers in "
+                                  f"[0, {MAX_MULT}], got {x!r}.")
         elif x not in BLOCK_FIELDS[key]:
             raise _err(where, f"{x!r} is not a valid {key}; allowed: {list(BLOCK_FIELDS[key])}.")
     if len(set(vals)) != len(vals):

@@ -209,3 +209,33 @@ def forward(net, sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         y = F.relu(bn(y, Weights(sd, "head_norm")))
     y = y.mean(dim=(2, 3))
     return y @ sd["fc.weight"].T + sd["fc.bias"]
+
+
+# ----------------------------------------------------------------------------
+# Section 7: separable basic blocks (mult R >= 1)
+# ----------------------------------------------------------------------------
+
+
+def copies(x: torch.Tensor, r: int) -> torch.Tensor:
+    """R copies of x along the channels, copy-major: channel t*C + i is channel i."""
+    return torch.cat([x] * r, 1)
+
+
+def separable(x: torch.Tensor, b, w: Weights, i: int, s: int) -> torch.Tensor:
+    """conv1x1( OP_s( COPIES_R(x) ) ): the op of sections 1-3 (or a 3x3 conv) on R*C channels."""
+    return conv(spatial(copies(x, b.mult), b, w, f"shift{i}", s), w[f"conv{i}.weight"])
+
+
+_plain_basic = basic
+
+
+def basic_any(x, b, w, c_in, c_out):
+    """Section 4's basic block; with mult >= 1 each 3x3 conv is `separable` (BN after the 1x1)."""
+    if not b.mult:
+        return _plain_basic(x, b, w, c_in, c_out)
+    y = F.relu(bn(separable(x, b, w, 1, b.stride), w.sub("bn1")))
+    y = bn(separable(y, b, w, 2, 1), w.sub("bn2"))
+    return F.relu(y + shortcut(x, w, b, c_in, c_out, with_bn=True))
+
+
+FAMILIES["basic"] = basic_any

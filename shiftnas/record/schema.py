@@ -89,6 +89,8 @@ class TrialRecord:
     # latency.mode predicted: source (measured | predicted), features, fitted_on (networks)
     latency: dict[str, Any] = _attr(factory=dict)
     surplus: bool = _attr(False)  # not run: other workers' trials filled the trial budget
+    init_from: str | None = _attr()  # a `shiftnas decompose` folder this trial was queued from:
+    # its network (`arch`, set when queued) is evaluated as it is, trained from its weights
 
     @property
     def latency_source(self) -> str | None:

@@ -282,17 +282,35 @@ class SearchStore:
         return out
 
     def _retry(self, t: FrozenTrial) -> bool:
-        if not t.params or t.user_attrs.get("retry_of") is not None or t.user_attrs.get("surplus"):
+        queued = {k: t.user_attrs[k] for k in ("arch", "init_from") if t.user_attrs.get("init_from")}
+        if not (t.params or queued) or t.user_attrs.get("retry_of") is not None \
+                or t.user_attrs.get("surplus"):
             return False
         if any(o.user_attrs.get("retry_of") == t.number for o in self.frozen()):
             return False
-        self.enqueue(t.params, retry_of=t.number)
+        self.enqueue(t.params, retry_of=t.number, **queued)
         return True
 
     def enqueue(self, params: Mapping[str, Any], **attrs: Any) -> None:
         """Queue a trial with these parameters and record attributes (`TrialRecord` fields)."""
         assert set(attrs) <= set(TRIAL_ATTRS), sorted(set(attrs) - set(TRIAL_ATTRS))
         self.study.enqueue_trial(dict(params), user_attrs=attrs, skip_if_exists=False)
+
+    def enqueue_network(self, arch: str, init_from: str) -> bool:
+        """Queue network `arch` (canonical string) to be evaluated as it is, trained from the
+        weights in folder `init_from`; once per search: False when that folder was queued before."""
+        if any(t.user_attrs.get("init_from") == init_from for t in self.frozen()):
+            return False
+        self.enqueue({}, arch=arch, init_from=init_from)
+        return True
+
+    @staticmethod
+    def queued_network(trial: optuna.Trial) -> tuple[str | None, str | None]:
+        """The network string and weights folder `trial` was queued with (`enqueue_network`);
+        (None, None) for a trial the sampler draws."""
+        if not trial.user_attrs.get("init_from"):
+            return None, None
+        return trial.user_attrs.get("arch"), trial.user_attrs["init_from"]
 
     # -- a trial ----------------------------------------------------------------
 
