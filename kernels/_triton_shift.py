@@ -517,18 +517,15 @@ def shift_by_offsets(x: torch.Tensor, offsets: torch.Tensor, stride: int,
 
 def shift_plan_apply(x: torch.Tensor, plan: tuple[ShiftGroup, ...], stride: int, *,
                      transpose: bool = False, hw: tuple[int, int] | None = None) -> torch.Tensor:
-    """The integer shift by `plan` (or its transpose onto `hw`), on the kernel that suits `x`'s layout."""
+    """The integer shift by `plan` (or its transpose onto `hw`), on the kernel that suits `x`'s layout:
+    channels-last words where the plan allows them, else `shift_by_offsets`."""
+    if not words_ok(x):
+        return shift_by_offsets(x, plan_offsets(plan, x.device), stride, transpose, hw)
     n, c = x.shape[:2]
     h_dst, w_dst = _dst_hw(x, stride, transpose, hw)
     y = alloc((n, c, h_dst, w_dst), x, channels_last=is_channels_last(x))
-    if y.numel() == 0:
-        return y
-    if words_ok(x):
+    if y.numel() > 0:
         launch_cl_shift(x, y, word_tables(plan, x.device, x.element_size()), stride, transpose)
-    elif _plane_ready(x):
-        _launch_plane(x, y, plan_offsets(plan, x.device), stride, transpose)
-    else:
-        _launch_gather(x, y, plan_offsets(plan, x.device), stride, transpose)
     return y
 
 
